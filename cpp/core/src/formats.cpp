@@ -1,0 +1,684 @@
+#include "empas/formats.hpp"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <limits>
+#include <set>
+#include <sstream>
+
+#include "empas/error.hpp"
+
+#ifndef EMPAS_VERSION
+#define EMPAS_VERSION "0.0.0"
+#endif
+
+namespace empas {
+
+using json = nlohmann::json;
+
+namespace {
+
+const double kNaN = std::numeric_limits<double>::quiet_NaN();
+
+[[noreturn]] void fail(const std::string& msg) { throw FormatError(msg); }
+
+const json& need(const json& j, const char* key, const std::string& where) {
+  if (!j.is_object()) fail(where + ": expected a JSON object");
+  auto it = j.find(key);
+  if (it == j.end()) fail(where + ": missing required field '" + key + "'");
+  return *it;
+}
+
+std::string need_string(const json& j, const char* key, const std::string& where) {
+  const json& v = need(j, key, where);
+  if (!v.is_string()) fail(where + "." + key + " must be a string");
+  return v.get<std::string>();
+}
+
+double as_number(const json& v, const std::string& where) {
+  if (!v.is_number()) fail(where + " must be a number, got " + std::string(v.type_name()));
+  const double d = v.get<double>();
+  if (!std::isfinite(d)) fail(where + " is not finite");
+  return d;
+}
+
+int64_t as_int(const json& v, const std::string& where) {
+  if (v.is_number_float()) {
+    const double d = v.get<double>();
+    if (std::floor(d) != d || !std::isfinite(d)) fail(where + " must be an integer");
+    return static_cast<int64_t>(d);
+  }
+  if (!v.is_number_integer()) fail(where + " must be an integer, got " + std::string(v.type_name()));
+  return v.get<int64_t>();
+}
+
+json object_or_empty(const json& j, const char* key, const std::string& where) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return json::object();
+  if (!it->is_object()) fail(where + "." + key + " must be an object");
+  return *it;
+}
+
+std::string bits_list(const std::vector<int>& b) {
+  std::string s = "[";
+  for (size_t i = 0; i < b.size(); ++i) s += (i ? ", " : "") + std::to_string(b[i]);
+  return s + "]";
+}
+
+Quantizer quantizer_from_json(const json& j, const std::string& where) {
+  Quantizer q;
+  if (j.is_null()) return q;
+  if (!j.is_object()) fail(where + " must be an object");
+  if (j.contains("scheme")) q.scheme = need_string(j, "scheme", where);
+  if (j.contains("granularity")) q.granularity = need_string(j, "granularity", where);
+  if (j.contains("group_size")) q.group_size = as_int(j["group_size"], where + ".group_size");
+  if (j.contains("scale_bytes"))
+    q.scale_bytes = static_cast<int>(as_int(j["scale_bytes"], where + ".scale_bytes"));
+  if (j.contains("zero_bytes"))
+    q.zero_bytes = static_cast<int>(as_int(j["zero_bytes"], where + ".zero_bytes"));
+  if (j.contains("bytes_model")) q.bytes_model = need_string(j, "bytes_model", where);
+  try {
+    q.validate();
+  } catch (const ValueError& e) {
+    fail(where + ": " + e.what());
+  }
+  return q;
+}
+
+json quantizer_to_json(const Quantizer& q) {
+  return {{"scheme", q.scheme},           {"granularity", q.granularity}, {"group_size", q.group_size},
+          {"scale_bytes", q.scale_bytes}, {"zero_bytes", q.zero_bytes},   {"bytes_model", q.bytes_model}};
+}
+
+// Reads an n_units x n_choices table of numbers (null -> NaN).
+std::vector<double> read_table(const json& j, int nu, int nc, const std::string& name,
+                               const std::vector<Unit>& units, const std::vector<int>& choices) {
+  if (!j.is_array()) fail("profile." + name + " must be an array of per-unit rows");
+  if (static_cast<int>(j.size()) != nu)
+    fail("profile." + name + " has " + std::to_string(j.size()) + " rows but there are " +
+         std::to_string(nu) + " units (missing or extra units)");
+  std::vector<double> t(static_cast<size_t>(nu) * nc, kNaN);
+  for (int u = 0; u < nu; ++u) {
+    const json& row = j[u];
+    const std::string where =
+        "profile." + name + "[" + std::to_string(u) + "] (unit '" + units[u].name + "')";
+    if (!row.is_array() || static_cast<int>(row.size()) != nc)
+      fail(where + " must be an array of " + std::to_string(nc) + " values, one per choice " +
+           bits_list(choices));
+    for (int c = 0; c < nc; ++c) {
+      if (row[c].is_null()) continue;
+      t[static_cast<size_t>(u) * nc + c] =
+          as_number(row[c], where + " at " + std::to_string(choices[c]) + " bits");
+    }
+  }
+  return t;
+}
+
+json table_to_json(const std::vector<double>& t, int nu, int nc) {
+  json rows = json::array();
+  for (int u = 0; u < nu; ++u) {
+    json row = json::array();
+    for (int c = 0; c < nc; ++c) {
+      const double v = t[static_cast<size_t>(u) * nc + c];
+      row.push_back(std::isfinite(v) ? json(v) : json(nullptr));
+    }
+    rows.push_back(row);
+  }
+  return rows;
+}
+
+// Numeric suffix of names like "layer_12" or "12" (-1 if none).
+long name_index(const std::string& s) {
+  size_t i = s.size();
+  while (i > 0 && std::isdigit(static_cast<unsigned char>(s[i - 1]))) --i;
+  if (i == s.size() || s.size() - i > 9) return -1;
+  return std::stol(s.substr(i));
+}
+
+uint64_t fnv(const std::string& s) {
+  uint64_t h = 1469598103934665603ULL;
+  for (unsigned char c : s) h = (h ^ c) * 1099511628211ULL;
+  return h;
+}
+
+std::string hex(uint64_t h) {
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
+  return buf;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- I/O utils
+json parse_json(const std::string& text, const std::string& what) {
+  try {
+    return json::parse(text);
+  } catch (const json::parse_error& e) {
+    std::string msg = what + " is not valid JSON: " + e.what();
+    if (text.find("NaN") != std::string::npos || text.find("Infinity") != std::string::npos)
+      msg +=
+          " (JSON has no NaN/Infinity: every delta must be a finite number, or null for a "
+          "choice the unit does not allow)";
+    fail(msg);
+  }
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw ValueError("cannot open '" + path + "' for reading");
+  std::ostringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+void write_file_atomic(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp." + std::to_string(static_cast<long>(::getpid()));
+  {
+    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
+    if (!f) throw ValueError("cannot open '" + tmp + "' for writing");
+    f << text;
+    f.flush();
+    if (!f) {
+      std::remove(tmp.c_str());
+      throw ValueError("failed writing '" + tmp + "'");
+    }
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    throw ValueError("cannot move '" + tmp + "' to '" + path + "'");
+  }
+}
+
+// ------------------------------------------------------------------ Profile
+std::string Profile::model_name() const {
+  if (model.is_object()) {
+    if (model.contains("name") && model["name"].is_string()) return model["name"];
+    if (model.contains("path") && model["path"].is_string()) return model["path"];
+  }
+  return "";
+}
+
+int Profile::unit_index(const std::string& name) const {
+  for (int u = 0; u < n_units(); ++u)
+    if (units[u].name == name) return u;
+  return -1;
+}
+
+int Profile::choice_index(int bits) const {
+  for (int c = 0; c < n_choices(); ++c)
+    if (choices[c] == bits) return c;
+  return -1;
+}
+
+void Profile::validate(NegativePolicy neg) {
+  if (units.empty()) fail("profile has no units");
+  if (choices.empty()) fail("profile has no choices");
+  if (choices.size() > 255) fail("profile has more than 255 choices");
+  std::set<int> seen_bits;
+  for (int b : choices) {
+    if (!valid_bits(b))
+      fail("profile.choices: " + std::to_string(b) + " bits is not a supported precision (0, 2..8, 16)");
+    if (!seen_bits.insert(b).second) fail("profile.choices lists " + std::to_string(b) + " bits twice");
+  }
+  if (!std::isfinite(baseline)) fail("profile baseline loss is not finite");
+  if (unsearched_bytes < 0) fail("profile.unsearched_bytes must be >= 0");
+  try {
+    quantizer.validate();
+  } catch (const ValueError& e) {
+    fail(std::string("profile.quantizer: ") + e.what());
+  }
+  std::set<std::string> names;
+  for (size_t u = 0; u < units.size(); ++u) {
+    const Unit& un = units[u];
+    const std::string where = "profile.units[" + std::to_string(u) + "]";
+    if (un.name.empty()) fail(where + " has an empty name");
+    if (!names.insert(un.name).second) fail(where + ": unit name '" + un.name + "' appears twice");
+    if (un.params < 0) fail(where + " ('" + un.name + "') has negative params");
+    if (!un.shapes.empty()) {
+      int64_t total = 0;
+      for (const auto& s : un.shapes) {
+        if (s[0] <= 0 || s[1] <= 0) fail(where + " ('" + un.name + "') has a non-positive shape");
+        total += s[0] * s[1];
+      }
+      if (total != un.params)
+        fail(where + " ('" + un.name + "'): shapes hold " + std::to_string(total) +
+             " weights but params says " + std::to_string(un.params));
+    }
+  }
+  const size_t cells = units.size() * choices.size();
+  if (delta.size() != cells) fail("profile.delta must have n_units x n_choices entries");
+  if (!stderr_.empty() && stderr_.size() != cells) fail("profile.stderr must match profile.delta in shape");
+  if (!latency.empty() && latency.size() != cells) fail("profile.latency must match profile.delta in shape");
+  const int nc = n_choices();
+  for (int u = 0; u < n_units(); ++u) {
+    bool any = false;
+    for (int c = 0; c < nc; ++c) {
+      const size_t k = static_cast<size_t>(u) * nc + c;
+      double& d = delta[k];
+      if (std::isinf(d))
+        fail("profile.delta of unit '" + units[u].name + "' at " + std::to_string(choices[c]) +
+             " bits is infinite");
+      if (std::isnan(d)) continue;
+      any = true;
+      if (!stderr_.empty() && !std::isnan(stderr_[k]) && !(stderr_[k] >= 0 && std::isfinite(stderr_[k])))
+        fail("profile.stderr of unit '" + units[u].name + "' must be a finite value >= 0");
+      if (!latency.empty() && !(std::isfinite(latency[k]) && latency[k] >= 0))
+        fail("profile.latency of unit '" + units[u].name + "' at " + std::to_string(choices[c]) +
+             " bits must be a finite value >= 0");
+      if (d < 0) {
+        const bool noise = !stderr_.empty() && std::isfinite(stderr_[k]) && d >= -3 * stderr_[k];
+        if (neg == NegativePolicy::Clamp) {
+          d = 0;
+        } else if (neg == NegativePolicy::Error && !noise) {
+          std::ostringstream m;
+          m << "profile.delta of unit '" << units[u].name << "' at " << choices[c] << " bits is negative ("
+            << d << ")" << (stderr_.empty() ? "" : " beyond 3 standard errors")
+            << "; pass negative='clamp' or negative='keep' to accept negative deltas";
+          fail(m.str());
+        }
+      }
+    }
+    if (!any) fail("profile unit '" + units[u].name + "' has no measured choice (every delta is null)");
+  }
+  bytes_table();  // raises for memory-model problems (e.g. channel granularity without shapes)
+}
+
+std::vector<int64_t> Profile::bytes_table() const {
+  std::vector<int64_t> t(units.size() * choices.size());
+  for (size_t u = 0; u < units.size(); ++u)
+    for (size_t c = 0; c < choices.size(); ++c) {
+      try {
+        t[u * choices.size() + c] = unit_bytes(units[u], choices[c], quantizer);
+      } catch (const ValueError& e) {
+        fail(std::string("profile: ") + e.what());
+      }
+    }
+  return t;
+}
+
+std::string Profile::fingerprint() const {
+  json j = to_json();
+  json core = {{"units", j["units"]},    {"choices", j["choices"]},
+               {"delta", j["delta"]},    {"quantizer", j["quantizer"]},
+               {"loss", j["loss"]},      {"unsearched_bytes", j["unsearched_bytes"]},
+               {"latency", j["latency"]}};
+  return hex(fnv(core.dump()));
+}
+
+Problem Profile::to_problem(const Constraints& cons, const std::map<std::string, int>& pinned,
+                            const std::vector<int>& allowed_bits, bool use_latency) const {
+  Problem p;
+  p.n_units = n_units();
+  p.n_choices = n_choices();
+  p.choice_bits = choices;
+  p.bytes = bytes_table();
+  p.base_loss = baseline;
+  p.fixed_bytes = unsearched_bytes;
+  p.constraints = cons;
+  const size_t cells = units.size() * choices.size();
+  p.delta.assign(cells, 0.0);
+  p.allowed.assign(cells, 0);
+  for (const int b : allowed_bits)
+    if (choice_index(b) < 0)
+      throw ValueError("allowed bits " + std::to_string(b) + " is not among the profile's choices " +
+                       bits_list(choices));
+  for (const auto& [name, bits] : pinned) {
+    const int u = unit_index(name);
+    if (u < 0) throw ValueError("pinned unit '" + name + "' is not a unit of this profile");
+    const int c = choice_index(bits);
+    if (c < 0 || std::isnan(delta[static_cast<size_t>(u) * n_choices() + c]))
+      throw ValueError("pinned unit '" + name + "': " + std::to_string(bits) +
+                       " bits is not a measured choice for it");
+  }
+  if (use_latency && latency.empty())
+    throw ValueError("the profile has no latency table, so latency cannot be an objective");
+  if (use_latency) p.latency.assign(cells, 0.0);
+  for (int u = 0; u < n_units(); ++u) {
+    p.params.push_back(units[u].params);
+    auto pin = pinned.find(units[u].name);
+    bool any = false;
+    for (int c = 0; c < n_choices(); ++c) {
+      const size_t k = static_cast<size_t>(u) * n_choices() + c;
+      bool ok = !std::isnan(delta[k]);
+      if (!allowed_bits.empty())
+        ok = ok && std::find(allowed_bits.begin(), allowed_bits.end(), choices[c]) != allowed_bits.end();
+      if (pin != pinned.end()) ok = !std::isnan(delta[k]) && choices[c] == pin->second;
+      if (ok) {
+        p.allowed[k] = 1;
+        p.delta[k] = delta[k];
+        if (use_latency) p.latency[k] = latency[k];
+        any = true;
+      }
+    }
+    if (!any)
+      throw ValueError("unit '" + units[u].name + "' has no allowed choice among bits " +
+                       bits_list(allowed_bits));
+  }
+  p.finalize();
+  return p;
+}
+
+json Profile::to_json() const {
+  json j;
+  j["format"] = kProfileFormat;
+  j["model"] = model;
+  j["calibration"] = calibration;
+  j["loss"] = {{"kind", loss_kind}, {"baseline", baseline}};
+  j["quantizer"] = quantizer_to_json(quantizer);
+  j["choices"] = choices;
+  json us = json::array();
+  for (const auto& u : units) {
+    json ju = {{"name", u.name}, {"kind", u.kind}, {"modules", u.modules}, {"params", u.params}};
+    if (!u.shapes.empty()) {
+      json sh = json::array();
+      for (const auto& s : u.shapes) sh.push_back({s[0], s[1]});
+      ju["shapes"] = sh;
+    }
+    us.push_back(ju);
+  }
+  j["units"] = us;
+  j["unsearched_bytes"] = unsearched_bytes;
+  j["delta"] = table_to_json(delta, n_units(), n_choices());
+  j["stderr"] = stderr_.empty() ? json(nullptr) : table_to_json(stderr_, n_units(), n_choices());
+  j["latency"] = latency.empty() ? json(nullptr) : table_to_json(latency, n_units(), n_choices());
+  j["timings"] = timings;
+  j["source"] = source;
+  return j;
+}
+
+Profile Profile::from_json(const json& j, NegativePolicy neg) {
+  if (!j.is_object()) fail("profile: expected a JSON object at the top level");
+  if (j.contains("layer_params") || j.contains("sensitivity")) {
+    Profile p = from_empas(j);
+    p.validate(neg);
+    return p;
+  }
+  if (!j.contains("format"))
+    fail("profile: no 'format' field; expected '" + std::string(kProfileFormat) +
+         "' or an original EMPAS profile (layer_params + sensitivity)");
+  const json& fmt = j["format"];
+  if (!fmt.is_string() || fmt.get<std::string>() != kProfileFormat)
+    fail("profile: unsupported format " + fmt.dump() + "; this EMPAS reads '" + kProfileFormat + "'");
+  Profile p;
+  p.model = object_or_empty(j, "model", "profile");
+  p.calibration = object_or_empty(j, "calibration", "profile");
+  p.timings = object_or_empty(j, "timings", "profile");
+  p.source = object_or_empty(j, "source", "profile");
+  const json& loss = need(j, "loss", "profile");
+  if (loss.contains("kind")) p.loss_kind = need_string(loss, "kind", "profile.loss");
+  p.baseline = as_number(need(loss, "baseline", "profile.loss"), "profile.loss.baseline");
+  p.quantizer = quantizer_from_json(j.value("quantizer", json(nullptr)), "profile.quantizer");
+  const json& ch = need(j, "choices", "profile");
+  if (!ch.is_array()) fail("profile.choices must be an array of bit widths");
+  for (size_t i = 0; i < ch.size(); ++i)
+    p.choices.push_back(static_cast<int>(as_int(ch[i], "profile.choices[" + std::to_string(i) + "]")));
+  const json& us = need(j, "units", "profile");
+  if (!us.is_array()) fail("profile.units must be an array");
+  for (size_t i = 0; i < us.size(); ++i) {
+    const std::string where = "profile.units[" + std::to_string(i) + "]";
+    const json& ju = us[i];
+    Unit u;
+    u.name = need_string(ju, "name", where);
+    if (ju.contains("kind") && !ju["kind"].is_null()) u.kind = need_string(ju, "kind", where);
+    if (ju.contains("modules") && !ju["modules"].is_null()) {
+      if (!ju["modules"].is_array()) fail(where + ".modules must be an array of names");
+      for (const auto& m : ju["modules"]) {
+        if (!m.is_string()) fail(where + ".modules must be an array of names");
+        u.modules.push_back(m.get<std::string>());
+      }
+    }
+    u.params = as_int(need(ju, "params", where), where + ".params");
+    if (ju.contains("shapes") && !ju["shapes"].is_null()) {
+      if (!ju["shapes"].is_array()) fail(where + ".shapes must be an array of [out, in] pairs");
+      for (const auto& s : ju["shapes"]) {
+        if (!s.is_array() || s.size() != 2) fail(where + ".shapes must be an array of [out, in] pairs");
+        u.shapes.push_back({as_int(s[0], where + ".shapes"), as_int(s[1], where + ".shapes")});
+      }
+    }
+    p.units.push_back(std::move(u));
+  }
+  if (p.units.empty()) fail("profile has no units");
+  if (p.choices.empty()) fail("profile has no choices");
+  p.delta = read_table(need(j, "delta", "profile"), p.n_units(), p.n_choices(), "delta", p.units, p.choices);
+  if (j.contains("stderr") && !j["stderr"].is_null())
+    p.stderr_ = read_table(j["stderr"], p.n_units(), p.n_choices(), "stderr", p.units, p.choices);
+  if (j.contains("latency") && !j["latency"].is_null())
+    p.latency = read_table(j["latency"], p.n_units(), p.n_choices(), "latency", p.units, p.choices);
+  if (j.contains("unsearched_bytes") && !j["unsearched_bytes"].is_null())
+    p.unsearched_bytes = as_int(j["unsearched_bytes"], "profile.unsearched_bytes");
+  p.validate(neg);
+  return p;
+}
+
+Profile Profile::from_empas(const json& j) {
+  const std::string where = "EMPAS profile";
+  Profile p;
+  p.model = {{"name", need_string(j, "model_name", where)}};
+  p.baseline = as_number(need(j, "baseline_loss", where), where + ".baseline_loss");
+  const json& lp = need(j, "layer_params", where);
+  const json& sens = need(j, "sensitivity", where);
+  if (!lp.is_object() || lp.empty()) fail(where + ".layer_params must be a non-empty object");
+  if (!sens.is_object() || sens.empty()) fail(where + ".sensitivity must be a non-empty object");
+  std::vector<std::pair<long, int64_t>> layers;
+  for (auto it = lp.begin(); it != lp.end(); ++it) {
+    const long k = name_index(it.key());
+    if (k < 0 || std::to_string(k) != it.key())
+      fail(where + ".layer_params key '" + it.key() + "' is not a layer number");
+    layers.emplace_back(k, as_int(it.value(), where + ".layer_params[" + it.key() + "]"));
+  }
+  std::sort(layers.begin(), layers.end());
+  std::set<int> bits{16};
+  std::map<std::pair<long, int>, double> values;
+  for (auto it = sens.begin(); it != sens.end(); ++it) {
+    const std::string& key = it.key();
+    const auto us = key.find('_');
+    long layer = -1, b = -1;
+    if (us != std::string::npos) {
+      layer = name_index(key.substr(0, us));
+      b = name_index(key.substr(us + 1));
+    }
+    if (layer < 0 || b < 0 || key != std::to_string(layer) + "_" + std::to_string(b))
+      fail(where + ".sensitivity key '" + key + "' is not of the form '<layer>_<bits>'");
+    if (!valid_bits(static_cast<int>(b)))
+      fail(where + ".sensitivity key '" + key + "': " + std::to_string(b) + " bits is not supported");
+    if (!lp.contains(std::to_string(layer)))
+      fail(where + ".sensitivity key '" + key + "' names layer " + std::to_string(layer) +
+           ", which layer_params does not list (extra unit)");
+    bits.insert(static_cast<int>(b));
+    values[{layer, static_cast<int>(b)}] = as_number(it.value(), where + ".sensitivity[" + key + "]");
+  }
+  p.choices.assign(bits.begin(), bits.end());
+  p.quantizer.bytes_model = "params_bits";
+  for (const auto& [k, params] : layers) {
+    Unit u;
+    u.name = "layer_" + std::to_string(k);
+    u.kind = "block";
+    u.params = params;
+    p.units.push_back(u);
+    bool any = false;
+    for (int b : p.choices) {
+      auto v = values.find({k, b});
+      if (v != values.end()) {
+        p.delta.push_back(v->second);
+        any = true;
+      } else {
+        // 16 bits is the untouched model: zero change by definition.
+        p.delta.push_back(b == 16 ? 0.0 : kNaN);
+      }
+    }
+    if (!any) fail(where + ": layer " + std::to_string(k) + " has no sensitivity entries (missing unit)");
+  }
+  p.source = {{"imported_from", "empas"},
+              {"note",
+               "original EMPAS profile: bytes counted as params x bits / 8 per unit, no "
+               "scales, no unsearched tensors (the original added a fixed 1024 MiB); "
+               "16 bits = untouched (delta 0)"}};
+  return p;
+}
+
+// --------------------------------------------------------------------- Plan
+std::string Plan::model_name() const {
+  if (model.is_object() && model.contains("name") && model["name"].is_string()) return model["name"];
+  return "";
+}
+
+void Plan::validate() const {
+  if (units.empty()) fail("plan has no units");
+  std::set<std::string> names;
+  for (size_t i = 0; i < units.size(); ++i) {
+    const auto& u = units[i];
+    if (u.name.empty()) fail("plan.units[" + std::to_string(i) + "] has an empty name");
+    if (!names.insert(u.name).second) fail("plan: unit '" + u.name + "' appears twice");
+    if (!valid_bits(u.bits))
+      fail("plan: unit '" + u.name + "' has " + std::to_string(u.bits) +
+           " bits, not a supported precision (0, 2..8, 16)");
+  }
+  try {
+    quantizer.validate();
+  } catch (const ValueError& e) {
+    fail(std::string("plan.quantizer: ") + e.what());
+  }
+}
+
+json Plan::to_json() const {
+  json j;
+  j["format"] = kPlanFormat;
+  j["model"] = model;
+  j["archetype"] = archetype.empty() ? json(nullptr) : json(archetype);
+  json us = json::array();
+  for (const auto& u : units)
+    us.push_back({{"name", u.name}, {"bits", u.bits}, {"modules", u.modules}, {"params", u.params}});
+  j["units"] = us;
+  j["quantizer"] = quantizer_to_json(quantizer);
+  j["predicted"] = predicted;
+  j["measured"] = measured;
+  j["provenance"] = provenance;
+  return j;
+}
+
+Plan Plan::from_json(const json& j) {
+  if (!j.is_object()) fail("plan: expected a JSON object at the top level");
+  if (j.contains("config") && !j.contains("format")) return from_empas(j);
+  if (!j.contains("format"))
+    fail("plan: no 'format' field; expected '" + std::string(kPlanFormat) +
+         "' or an original EMPAS artifact (config.quantization_map)");
+  if (!j["format"].is_string() || j["format"].get<std::string>() != kPlanFormat)
+    fail("plan: unsupported format " + j["format"].dump() + "; this EMPAS reads '" + kPlanFormat + "'");
+  Plan p;
+  p.model = object_or_empty(j, "model", "plan");
+  if (j.contains("archetype") && !j["archetype"].is_null()) p.archetype = need_string(j, "archetype", "plan");
+  const json& us = need(j, "units", "plan");
+  if (!us.is_array()) fail("plan.units must be an array");
+  for (size_t i = 0; i < us.size(); ++i) {
+    const std::string where = "plan.units[" + std::to_string(i) + "]";
+    PlanUnit u;
+    u.name = need_string(us[i], "name", where);
+    u.bits = static_cast<int>(as_int(need(us[i], "bits", where), where + ".bits"));
+    if (us[i].contains("modules") && us[i]["modules"].is_array())
+      for (const auto& m : us[i]["modules"]) {
+        if (!m.is_string()) fail(where + ".modules must be an array of names");
+        u.modules.push_back(m.get<std::string>());
+      }
+    if (us[i].contains("params") && !us[i]["params"].is_null())
+      u.params = as_int(us[i]["params"], where + ".params");
+    p.units.push_back(std::move(u));
+  }
+  p.quantizer = quantizer_from_json(j.value("quantizer", json(nullptr)), "plan.quantizer");
+  p.predicted = object_or_empty(j, "predicted", "plan");
+  if (j.contains("measured")) p.measured = j["measured"];
+  p.provenance = object_or_empty(j, "provenance", "plan");
+  p.validate();
+  return p;
+}
+
+Plan Plan::from_empas(const json& j) {
+  const std::string where = "EMPAS artifact";
+  const json& cfg = need(j, "config", where);
+  const json& qm = need(cfg, "quantization_map", where + ".config");
+  if (!qm.is_object() || qm.empty()) fail(where + ".config.quantization_map must be a non-empty object");
+  Plan p;
+  if (cfg.contains("base_model")) p.model = {{"name", need_string(cfg, "base_model", where + ".config")}};
+  if (j.contains("archetype") && j["archetype"].is_string()) p.archetype = j["archetype"];
+  std::vector<std::pair<long, std::string>> order;
+  for (auto it = qm.begin(); it != qm.end(); ++it) order.emplace_back(name_index(it.key()), it.key());
+  std::sort(order.begin(), order.end());
+  for (const auto& [idx, name] : order) {
+    (void)idx;
+    PlanUnit u;
+    u.name = name;
+    u.bits = static_cast<int>(as_int(qm[name], where + ".config.quantization_map[" + name + "]"));
+    p.units.push_back(u);
+  }
+  p.quantizer.bytes_model = "params_bits";
+  json metrics = object_or_empty(j, "metrics", where);
+  if (metrics.contains("predicted_loss"))
+    p.predicted["loss"] = as_number(metrics["predicted_loss"], where + ".metrics.predicted_loss");
+  p.provenance = {{"imported_from", "empas"}, {"original_metrics", metrics}};
+  p.validate();
+  return p;
+}
+
+std::vector<Gene> plan_genome(const Profile& profile, const Plan& plan) {
+  const std::string pm = plan.model_name(), fm = profile.model_name();
+  if (!pm.empty() && !fm.empty() && pm != fm)
+    fail("plan is for model '" + pm + "' but the profile is for '" + fm + "'");
+  std::map<std::string, int> bits;
+  for (const auto& u : plan.units) bits[u.name] = u.bits;
+  std::vector<std::string> missing, extra;
+  for (const auto& u : profile.units)
+    if (!bits.count(u.name)) missing.push_back(u.name);
+  for (const auto& u : plan.units)
+    if (profile.unit_index(u.name) < 0) extra.push_back(u.name);
+  if (!missing.empty() || !extra.empty()) {
+    auto few = [](const std::vector<std::string>& v) {
+      std::string s;
+      for (size_t i = 0; i < v.size() && i < 5; ++i) s += (i ? ", " : "") + ("'" + v[i] + "'");
+      if (v.size() > 5) s += ", ... (" + std::to_string(v.size()) + " in all)";
+      return s;
+    };
+    std::string msg = "plan does not match the profile (" + std::to_string(plan.units.size()) +
+                      " plan units vs " + std::to_string(profile.n_units()) + " profile units)";
+    if (!missing.empty()) msg += "; missing units: " + few(missing);
+    if (!extra.empty()) msg += "; units unknown to the profile: " + few(extra);
+    fail(msg);
+  }
+  std::vector<Gene> g(profile.n_units());
+  for (int u = 0; u < profile.n_units(); ++u) {
+    const int b = bits[profile.units[u].name];
+    const int c = profile.choice_index(b);
+    if (c < 0)
+      fail("plan: unit '" + profile.units[u].name + "' has " + std::to_string(b) +
+           " bits, which is not among the profile's choices " + bits_list(profile.choices));
+    if (std::isnan(profile.delta[static_cast<size_t>(u) * profile.n_choices() + c]))
+      fail("plan: unit '" + profile.units[u].name + "' has " + std::to_string(b) +
+           " bits, which the profile does not allow for that unit");
+    g[u] = static_cast<Gene>(c);
+  }
+  return g;
+}
+
+Plan make_plan(const Profile& profile, const Problem& problem, const std::vector<Gene>& genome,
+               const std::string& fingerprint) {
+  problem.check_genome(genome);
+  Plan p;
+  p.model = profile.model;
+  p.quantizer = profile.quantizer;
+  for (int u = 0; u < profile.n_units(); ++u) {
+    const auto& src = profile.units[u];
+    p.units.push_back({src.name, profile.choices[genome[u]], src.modules, src.params});
+  }
+  const Evaluation e = problem.evaluate(genome.data());
+  p.predicted = {{"loss", e.loss}, {"bytes", e.bytes}, {"avg_bits", e.avg_bits}};
+  if (!problem.latency.empty()) p.predicted["latency"] = e.latency;
+  p.provenance = {{"profile",
+                   {{"fingerprint", fingerprint.empty() ? profile.fingerprint() : fingerprint},
+                    {"model", profile.model_name()}}},
+                  {"empas_version", EMPAS_VERSION}};
+  return p;
+}
+
+}  // namespace empas

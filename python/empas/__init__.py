@@ -1,0 +1,42 @@
+"""EMPAS: find where the bits should go.
+
+Profile how much each unit of a language model suffers at each precision, search
+the Pareto front of loss vs memory over that table, and export deployable plans.
+
+    >>> import empas
+    >>> prof = empas.load_profile("example:tinyllama")
+    >>> res = empas.search(prof, method="exact")
+    >>> res.archetypes["balanced"]
+"""
+
+from __future__ import annotations
+
+from ._native import build_info
+from .errors import EmpasError, FormatError, InfeasibleError, NativeBuildError
+from .plan import Plan, load_plan
+from .profile import Profile, Unit, example_profile, load_profile
+from .search import SearchConfig, SearchResult, search
+from .sizes import format_bytes, parse_size
+from .synthetic import synthetic_profile
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "EmpasError",
+    "FormatError",
+    "InfeasibleError",
+    "NativeBuildError",
+    "Plan",
+    "Profile",
+    "SearchConfig",
+    "SearchResult",
+    "Unit",
+    "build_info",
+    "example_profile",
+    "format_bytes",
+    "load_plan",
+    "load_profile",
+    "parse_size",
+    "search",
+    "synthetic_profile",
+]
