@@ -378,7 +378,7 @@ PYBIND11_MODULE(_core, m) {
         return d;
       },
       py::arg("problem"), py::arg("pop_size") = 100, py::arg("generations") = 50, py::arg("seed") = 0,
-      py::arg("crossover_prob") = 0.9, py::arg("mutation_prob") = -1.0, py::arg("threads") = 0,
+      py::arg("crossover_prob") = 0.7, py::arg("mutation_prob") = -1.0, py::arg("threads") = 0,
       py::arg("eliminate_duplicates") = true, py::arg("seed_uniform") = true, py::arg("initial") = py::none(),
       py::arg("checkpoint") = "", py::arg("checkpoint_every") = 10, py::arg("progress") = py::none(),
       py::arg("sampling") = "stratified", py::arg("mutation") = "neighbor",

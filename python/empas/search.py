@@ -47,7 +47,7 @@ class SearchConfig:
     latency: bool = False
     pinned: dict[str, int] = field(default_factory=dict)
     allowed_bits: list[int] | None = None
-    crossover_prob: float = 0.9
+    crossover_prob: float = 0.7
     mutation_prob: float | None = None
     eliminate_duplicates: bool = True
     seed_uniform: bool = True
@@ -397,7 +397,7 @@ def search(
     pinned: dict[str, int] | None = None,
     allowed_bits: Sequence[int] | None = None,
     initial: Sequence[Plan | Sequence[int] | dict[str, int]] | None = None,
-    crossover_prob: float = 0.9,
+    crossover_prob: float = 0.7,
     mutation_prob: float | None = None,
     eliminate_duplicates: bool = True,
     seed_uniform: bool = True,

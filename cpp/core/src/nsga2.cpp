@@ -94,6 +94,10 @@ struct Population {
   }
 };
 
+// Parallel loops pay off only with enough work per call (OpenMP fork/join
+// costs microseconds): about 16k gene visits.
+int64_t grain_for(int n_units) { return std::max<int64_t>(16, 16384 / std::max(n_units, 1)); }
+
 void evaluate_all(const Problem& p, Population& pop, int first, int threads) {
   parallel_for(
       pop.n - first, threads,
@@ -101,7 +105,7 @@ void evaluate_all(const Problem& p, Population& pop, int first, int threads) {
         const int i = first + static_cast<int>(k);
         p.objectives(pop.g(i), pop.obj.data() + static_cast<size_t>(i) * pop.m, &pop.viol[i]);
       },
-      256);
+      grain_for(pop.units));
 }
 
 // Rank and crowding of every member, computed within the population itself.
@@ -417,7 +421,7 @@ NSGA2Result run_nsga2(const Problem& p, const NSGA2Config& c, const ProgressFn& 
           for (int u = 0; u < n; ++u)
             if (r.uniform() < pm) mutate_gene(L, neighbor, ch, u, r);
         },
-        32);
+        grain_for(n));
     std::memcpy(merged.genes.data(), pop.genes.data(), pop.genes.size());
     std::memcpy(merged.obj.data(), pop.obj.data(), pop.obj.size() * sizeof(double));
     std::memcpy(merged.viol.data(), pop.viol.data(), pop.viol.size() * sizeof(double));
