@@ -15,7 +15,7 @@ struct NSGA2Config {
   int pop_size = 100;
   int generations = 50;
   uint64_t seed = 0;
-  double crossover_prob = 0.9;  ///< chance a child mixes two parents
+  double crossover_prob = 0.7;  ///< chance a child mixes two parents (tuned: see benchmarks/)
   double mutation_prob = -1;    ///< per gene; < 0 means 1 / n_units
   int threads = 0;              ///< 0 = OpenMP default
   bool eliminate_duplicates = true;
