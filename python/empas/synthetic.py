@@ -43,7 +43,7 @@ def synthetic_profile(
         name, kind, out_mult, in_mult = _LINEARS[j]
         out_f, in_f = hidden * out_mult, hidden * in_mult
         edge = 1.0 + 2.0 * np.exp(-min(block, n_blocks - 1 - block) / 2.0)
-        scale = edge * rng.lognormal(mean=-3.0, sigma=0.8) * (out_f * in_f) / hidden**2
+        scale = edge * rng.lognormal(mean=-5.0, sigma=0.8) * (out_f * in_f) / hidden**2
         row = []
         for b in choices:
             if b >= 16:
