@@ -334,8 +334,31 @@ class SearchResult:
 
         return plot_fronts([self, *others], ax=ax, annotate=annotate)
 
+    def compare_uniform(self) -> list[dict[str, Any]]:
+        """For each uniform precision every unit allows (all 2-bit, all 4-bit, ...):
+        its predicted loss and bytes, and the best front plan that fits the same bytes."""
+        rows = []
+        allowed = ~np.isnan(self.profile.delta)
+        for c, bits in enumerate(self.profile.choices):
+            if bits == 0 or not allowed[:, c].all():
+                continue
+            u = self.profile.evaluate([bits] * self.profile.n_units)
+            i = core().best_under_budget(
+                self.front.loss.tolist(), self.front.bytes.astype(float).tolist(), float(u["bytes"])
+            )
+            rows.append(
+                {
+                    "bits": bits,
+                    "uniform_loss": u["loss"],
+                    "uniform_bytes": u["bytes"],
+                    "front_loss": float(self.front.loss[i]) if i >= 0 else None,
+                    "front_bytes": int(self.front.bytes[i]) if i >= 0 else None,
+                }
+            )
+        return rows
+
     def summary(self) -> str:
-        """A readable text table of the archetypes."""
+        """A readable text table of the archetypes and of the front vs uniform precision."""
         lines = [
             f"{self.method} search on {self.profile.model_name or self.profile.path}: "
             f"{len(self.front)} front plans, hypervolume {self.hypervolume:.6g}, "
@@ -347,6 +370,15 @@ class SearchResult:
                 f"{name:<18} {p.predicted_loss:>10.4f} {format_bytes(p.predicted_bytes):>12} "
                 f"{p.predicted_avg_bits:>9.2f}"
             )
+        rows = self.compare_uniform()
+        if rows:
+            lines.append(f"{'uniform':<8} {'size':>12} {'loss':>10}   {'front at <= size':>16}")
+            for r in rows:
+                best = "-" if r["front_loss"] is None else f"{r['front_loss']:.4f}"
+                lines.append(
+                    f"{str(r['bits']) + '-bit':<8} {format_bytes(r['uniform_bytes']):>12} "
+                    f"{r['uniform_loss']:>10.4f}   {best:>16}"
+                )
         return "\n".join(lines)
 
     def __repr__(self) -> str:
