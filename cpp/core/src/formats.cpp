@@ -157,7 +157,9 @@ std::string hex(uint64_t h) {
 json parse_json(const std::string& text, const std::string& what) {
   try {
     return json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::out_of_range& e) {
+    fail(what + ": a number is not finite (it overflows a double): " + e.what());
+  } catch (const json::exception& e) {
     std::string msg = what + " is not valid JSON: " + e.what();
     if (text.find("NaN") != std::string::npos || text.find("Infinity") != std::string::npos)
       msg +=
