@@ -17,7 +17,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ class SearchConfig:
     max_avg_bits: float | None = None
     threads: int | None = None
     latency: bool = False
-    pinned: dict[str, int] = field(default_factory=dict)
+    pinned: dict[str, int] | None = field(default_factory=dict)
     allowed_bits: list[int] | None = None
     crossover_prob: float = 0.7
     mutation_prob: float | None = None
@@ -99,8 +99,14 @@ class SearchConfig:
             raise ValueError(f"sampling must be 'stratified' or 'uniform', got {self.sampling!r}")
         if self.mutation not in ("neighbor", "uniform"):
             raise ValueError(f"mutation must be 'neighbor' or 'uniform', got {self.mutation!r}")
-        if not isinstance(self.pinned, dict):
-            raise ValueError("pinned must be a {unit_name: bits} dict")
+        try:
+            self.pinned = {str(k): int(v) for k, v in dict(self.pinned or {}).items()}
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"pinned must be a {{unit_name: bits}} dict, got {self.pinned!r}"
+            ) from None
+        if self.allowed_bits is not None:
+            self.allowed_bits = [int(b) for b in self.allowed_bits]
         if self.checkpoint is not None:
             self.checkpoint = os.fspath(self.checkpoint)
 
@@ -468,28 +474,8 @@ def search(
         max_points, resolution: exact method: largest intermediate front, and an
             optional ε-grid width in bytes for huge spaces.
     """
-    cfg = SearchConfig(
-        method=method,
-        pop_size=pop_size,
-        generations=generations,
-        seed=seed,
-        max_bytes=max_bytes,
-        max_avg_bits=max_avg_bits,
-        threads=threads,
-        latency=latency,
-        pinned=dict(pinned or {}),
-        allowed_bits=list(allowed_bits) if allowed_bits is not None else None,
-        crossover_prob=crossover_prob,
-        mutation_prob=mutation_prob,
-        eliminate_duplicates=eliminate_duplicates,
-        seed_uniform=seed_uniform,
-        sampling=sampling,
-        mutation=mutation,
-        checkpoint=checkpoint,
-        checkpoint_every=checkpoint_every,
-        max_points=max_points,
-        resolution=resolution,
-    )
+    given = locals()
+    cfg = SearchConfig(**{f.name: given[f.name] for f in fields(SearchConfig)})
     if not isinstance(profile, Profile):
         profile = load_profile(profile)
     problem = profile.problem(
