@@ -61,3 +61,17 @@ def test_exception_in_callback_propagates(big):
 def test_progress_bar(big):
     res = empas.search(big, pop_size=16, generations=5, progress=True)
     assert res.extra["generations_run"] == 5
+
+
+def test_ctrl_c_interrupts_a_long_search(big):
+    import _thread
+    import threading
+    import time
+
+    timer = threading.Timer(0.3, _thread.interrupt_main)
+    timer.start()
+    t0 = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        empas.search(big, pop_size=64, generations=10_000_000)
+    timer.cancel()
+    assert time.perf_counter() - t0 < 10

@@ -347,14 +347,15 @@ PYBIND11_MODULE(_core, m) {
         c.checkpoint_every = checkpoint_every;
         c.sampling = sampling;
         c.mutation = mutation;
-        ProgressFn fn;
-        if (!progress.is_none()) {
-          fn = [&progress](const GenerationStats& s) {
-            py::gil_scoped_acquire gil;
-            py::object r = progress(stats_dict(s));
-            return r.is_none() || r.cast<bool>();
-          };
-        }
+        // Runs between generations with the GIL: delivers Ctrl-C (KeyboardInterrupt)
+        // and calls the user's callback; either may raise, which ends the search.
+        ProgressFn fn = [&progress](const GenerationStats& s) {
+          py::gil_scoped_acquire gil;
+          if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+          if (progress.is_none()) return true;
+          py::object r = progress(stats_dict(s));
+          return r.is_none() || r.cast<bool>();
+        };
         NSGA2Result r;
         {
           py::gil_scoped_release release;
