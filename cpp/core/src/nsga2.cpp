@@ -94,6 +94,33 @@ struct Population {
   }
 };
 
+// Open-addressing set of population members (by genome), reused every generation.
+class GenomeSet {
+ public:
+  explicit GenomeSet(int capacity) {
+    size_t cap = 16;
+    while (cap < 4 * static_cast<size_t>(capacity)) cap <<= 1;
+    slots_.assign(cap, -1);
+  }
+  void reset() { std::fill(slots_.begin(), slots_.end(), -1); }
+  bool contains(const Population& pop, int i) const { return slots_[find(pop, i)] >= 0; }
+  void insert(const Population& pop, int i) {
+    const size_t s = find(pop, i);
+    if (slots_[s] < 0) slots_[s] = i;
+  }
+
+ private:
+  size_t find(const Population& pop, int i) const {
+    const Gene* g = pop.g(i);
+    uint64_t h = 1469598103934665603ULL;
+    for (int u = 0; u < pop.units; ++u) h = (h ^ g[u]) * 1099511628211ULL;
+    const size_t mask = slots_.size() - 1;
+    for (size_t s = (h ^ (h >> 29)) & mask;; s = (s + 1) & mask)
+      if (slots_[s] < 0 || std::memcmp(pop.g(slots_[s]), g, static_cast<size_t>(pop.units)) == 0) return s;
+  }
+  std::vector<int> slots_;
+};
+
 // Parallel loops pay off only with enough work per call (OpenMP fork/join
 // costs microseconds): about 16k gene visits.
 int64_t grain_for(int n_units) { return std::max<int64_t>(16, 16384 / std::max(n_units, 1)); }
@@ -396,6 +423,7 @@ NSGA2Result run_nsga2(const Problem& p, const NSGA2Config& c, const ProgressFn& 
   merged.m = m;
   merged.resize(2 * N);
   std::vector<Gene> child_buf(static_cast<size_t>(N) * n);
+  GenomeSet seen(2 * N);
   int gen = gen0;
   for (gen = gen0 + 1; gen <= c.generations && !res.stopped_early; ++gen) {
     // --- variation: each child owns the stream (seed, gen, i) ---
@@ -414,12 +442,25 @@ NSGA2Result run_nsga2(const Problem& p, const NSGA2Config& c, const ProgressFn& 
           const Gene* p2 = pop.g(tournament(r));
           Gene* ch = child_buf.data() + static_cast<size_t>(i) * n;
           if (r.uniform() < c.crossover_prob) {
-            for (int u = 0; u < n; ++u) ch[u] = (r.next() >> 63) ? p2[u] : p1[u];
+            uint64_t coins = 0;  // one random word gives 64 fair coin flips
+            for (int u = 0; u < n; ++u) {
+              if ((u & 63) == 0) coins = r.next();
+              ch[u] = (coins & 1) ? p2[u] : p1[u];
+              coins >>= 1;
+            }
           } else {
             std::memcpy(ch, p1, static_cast<size_t>(n));
           }
-          for (int u = 0; u < n; ++u)
-            if (r.uniform() < pm) mutate_gene(L, neighbor, ch, u, r);
+          // Each gene mutates with probability pm: jump between mutated genes
+          // with geometric gaps (about one draw per mutation, not one per gene).
+          if (pm >= 1) {
+            for (int u = 0; u < n; ++u) mutate_gene(L, neighbor, ch, u, r);
+          } else if (pm > 0) {
+            const double inv = 1.0 / std::log1p(-pm);
+            auto gap = [&] { return std::floor(std::log1p(-r.uniform()) * inv); };
+            for (double u = gap(); u < n; u += 1 + gap())
+              mutate_gene(L, neighbor, ch, static_cast<int>(u), r);
+          }
         },
         grain_for(n));
     std::memcpy(merged.genes.data(), pop.genes.data(), pop.genes.size());
@@ -428,16 +469,15 @@ NSGA2Result run_nsga2(const Problem& p, const NSGA2Config& c, const ProgressFn& 
     std::memcpy(merged.g(N), child_buf.data(), child_buf.size());
     // --- duplicate elimination (serial, deterministic) ---
     if (c.eliminate_duplicates) {
-      std::unordered_set<std::string_view> seen;
-      seen.reserve(static_cast<size_t>(4 * N));
-      for (int i = 0; i < N; ++i) seen.insert(merged.key(i));
+      seen.reset();
+      for (int i = 0; i < N; ++i) seen.insert(merged, i);
       for (int i = 0; i < N; ++i) {
         Gene* g = merged.g(N + i);
-        for (int a = 1; a <= kMaxDuplicateRetries && seen.count(merged.key(N + i)); ++a) {
+        for (int a = 1; a <= kMaxDuplicateRetries && seen.contains(merged, N + i); ++a) {
           Rng r(c.seed, static_cast<uint64_t>(gen), static_cast<uint64_t>(i), static_cast<uint64_t>(a));
           mutate_gene(L, false, g, static_cast<int>(r.below(static_cast<uint32_t>(n))), r);
         }
-        seen.insert(merged.key(N + i));
+        seen.insert(merged, N + i);
       }
     }
     evaluate_all(p, merged, N, c.threads);
