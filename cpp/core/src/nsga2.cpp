@@ -74,11 +74,12 @@ std::vector<Gene> genome_from_hex(const std::string& s, int n) {
 // Mutable search state of one population.
 struct Population {
   int n = 0, units = 0, m = 2;
-  std::vector<Gene> genes;    // n x units
-  std::vector<double> obj;    // n x m
-  std::vector<double> viol;   // n
-  std::vector<int> rank;      // n
-  std::vector<double> crowd;  // n
+  std::vector<Gene> genes;     // n x units
+  std::vector<double> obj;     // n x m
+  std::vector<double> viol;    // n
+  std::vector<int> rank;       // n
+  std::vector<double> crowd;   // n
+  std::vector<uint64_t> hash;  // n, genome_hash of each member
   void resize(int count) {
     n = count;
     genes.resize(static_cast<size_t>(n) * units);
@@ -86,6 +87,7 @@ struct Population {
     viol.resize(n);
     rank.assign(n, 0);
     crowd.assign(n, 0);
+    hash.assign(n, 0);
   }
   Gene* g(int i) { return genes.data() + static_cast<size_t>(i) * units; }
   const Gene* g(int i) const { return genes.data() + static_cast<size_t>(i) * units; }
@@ -94,7 +96,27 @@ struct Population {
   }
 };
 
-// Open-addressing set of population members (by genome), reused every generation.
+// Hash of a genome, eight genes at a time.
+uint64_t genome_hash(const Gene* g, int n) {
+  uint64_t h = 0x9E3779B97F4A7C15ULL ^ static_cast<uint64_t>(n);
+  int u = 0;
+  for (; u + 8 <= n; u += 8) {
+    uint64_t w;
+    std::memcpy(&w, g + u, 8);
+    h = (h ^ w) * 0xFF51AFD7ED558CCDULL;
+    h ^= h >> 32;
+  }
+  for (; u < n; ++u) h = (h ^ g[u]) * 0x100000001B3ULL;
+  return h ^ (h >> 29);
+}
+
+void hash_all(Population& pop, int threads) {
+  parallel_for(
+      pop.n, threads, [&](int64_t i) { pop.hash[i] = genome_hash(pop.g(static_cast<int>(i)), pop.units); },
+      256);
+}
+
+// Open-addressing set of population members (by genome hash, then genes), reused every generation.
 class GenomeSet {
  public:
   explicit GenomeSet(int capacity) {
@@ -112,11 +134,12 @@ class GenomeSet {
  private:
   size_t find(const Population& pop, int i) const {
     const Gene* g = pop.g(i);
-    uint64_t h = 1469598103934665603ULL;
-    for (int u = 0; u < pop.units; ++u) h = (h ^ g[u]) * 1099511628211ULL;
+    const uint64_t h = pop.hash[i];
     const size_t mask = slots_.size() - 1;
-    for (size_t s = (h ^ (h >> 29)) & mask;; s = (s + 1) & mask)
-      if (slots_[s] < 0 || std::memcmp(pop.g(slots_[s]), g, static_cast<size_t>(pop.units)) == 0) return s;
+    for (size_t s = h & mask;; s = (s + 1) & mask)
+      if (slots_[s] < 0 ||
+          (pop.hash[slots_[s]] == h && std::memcmp(pop.g(slots_[s]), g, static_cast<size_t>(pop.units)) == 0))
+        return s;
   }
   std::vector<int> slots_;
 };
@@ -411,6 +434,7 @@ NSGA2Result run_nsga2(const Problem& p, const NSGA2Config& c, const ProgressFn& 
   const bool neighbor = c.mutation == "neighbor";
   if (!resumed) initialize(p, c, L, pop);
   evaluate_all(p, pop, 0, c.threads);
+  hash_all(pop, c.threads);
   assign_rank_crowding(pop, c.threads);
   if (!resumed) {
     evals = N;
@@ -423,6 +447,7 @@ NSGA2Result run_nsga2(const Problem& p, const NSGA2Config& c, const ProgressFn& 
   merged.m = m;
   merged.resize(2 * N);
   std::vector<Gene> child_buf(static_cast<size_t>(N) * n);
+  std::vector<uint64_t> child_hash(N);
   GenomeSet seen(2 * N);
   int gen = gen0;
   for (gen = gen0 + 1; gen <= c.generations && !res.stopped_early; ++gen) {
@@ -461,12 +486,15 @@ NSGA2Result run_nsga2(const Problem& p, const NSGA2Config& c, const ProgressFn& 
             for (double u = gap(); u < n; u += 1 + gap())
               mutate_gene(L, neighbor, ch, static_cast<int>(u), r);
           }
+          child_hash[i] = genome_hash(ch, n);
         },
         grain_for(n));
     std::memcpy(merged.genes.data(), pop.genes.data(), pop.genes.size());
     std::memcpy(merged.obj.data(), pop.obj.data(), pop.obj.size() * sizeof(double));
     std::memcpy(merged.viol.data(), pop.viol.data(), pop.viol.size() * sizeof(double));
     std::memcpy(merged.g(N), child_buf.data(), child_buf.size());
+    std::copy(pop.hash.begin(), pop.hash.end(), merged.hash.begin());
+    std::copy(child_hash.begin(), child_hash.end(), merged.hash.begin() + N);
     // --- duplicate elimination (serial, deterministic) ---
     if (c.eliminate_duplicates) {
       seen.reset();
@@ -476,6 +504,7 @@ NSGA2Result run_nsga2(const Problem& p, const NSGA2Config& c, const ProgressFn& 
         for (int a = 1; a <= kMaxDuplicateRetries && seen.contains(merged, N + i); ++a) {
           Rng r(c.seed, static_cast<uint64_t>(gen), static_cast<uint64_t>(i), static_cast<uint64_t>(a));
           mutate_gene(L, false, g, static_cast<int>(r.below(static_cast<uint32_t>(n))), r);
+          merged.hash[N + i] = genome_hash(g, n);
         }
         seen.insert(merged, N + i);
       }
@@ -504,6 +533,7 @@ NSGA2Result run_nsga2(const Problem& p, const NSGA2Config& c, const ProgressFn& 
       std::memcpy(pop.obj.data() + static_cast<size_t>(i) * m, merged.obj.data() + static_cast<size_t>(s) * m,
                   sizeof(double) * m);
       pop.viol[i] = merged.viol[s];
+      pop.hash[i] = merged.hash[s];
     }
     assign_rank_crowding(pop, c.threads);
     res.history.push_back(make_stats(p, pop, gen, evals, elapsed()));
