@@ -3,7 +3,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <fstream>
 #include <limits>
@@ -50,10 +52,20 @@ int64_t as_int(const json& v, const std::string& where) {
   if (v.is_number_float()) {
     const double d = v.get<double>();
     if (std::floor(d) != d || !std::isfinite(d)) fail(where + " must be an integer");
+    if (!(d >= -0x1p63 && d < 0x1p63)) fail(where + " is out of range");
     return static_cast<int64_t>(d);
   }
   if (!v.is_number_integer()) fail(where + " must be an integer, got " + std::string(v.type_name()));
+  if (v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX))
+    fail(where + " is out of range");
   return v.get<int64_t>();
+}
+
+// An integer that must fit an int (bit widths, byte counts of scales).
+int as_small_int(const json& v, const std::string& where) {
+  const int64_t i = as_int(v, where);
+  if (i < INT_MIN || i > INT_MAX) fail(where + " is out of range");
+  return static_cast<int>(i);
 }
 
 json object_or_empty(const json& j, const char* key, const std::string& where) {
@@ -76,10 +88,8 @@ Quantizer quantizer_from_json(const json& j, const std::string& where) {
   if (j.contains("scheme")) q.scheme = need_string(j, "scheme", where);
   if (j.contains("granularity")) q.granularity = need_string(j, "granularity", where);
   if (j.contains("group_size")) q.group_size = as_int(j["group_size"], where + ".group_size");
-  if (j.contains("scale_bytes"))
-    q.scale_bytes = static_cast<int>(as_int(j["scale_bytes"], where + ".scale_bytes"));
-  if (j.contains("zero_bytes"))
-    q.zero_bytes = static_cast<int>(as_int(j["zero_bytes"], where + ".zero_bytes"));
+  if (j.contains("scale_bytes")) q.scale_bytes = as_small_int(j["scale_bytes"], where + ".scale_bytes");
+  if (j.contains("zero_bytes")) q.zero_bytes = as_small_int(j["zero_bytes"], where + ".zero_bytes");
   if (j.contains("bytes_model")) q.bytes_model = need_string(j, "bytes_model", where);
   try {
     q.validate();
@@ -417,7 +427,7 @@ Profile Profile::from_json(const json& j, NegativePolicy neg) {
   const json& ch = need(j, "choices", "profile");
   if (!ch.is_array()) fail("profile.choices must be an array of bit widths");
   for (size_t i = 0; i < ch.size(); ++i)
-    p.choices.push_back(static_cast<int>(as_int(ch[i], "profile.choices[" + std::to_string(i) + "]")));
+    p.choices.push_back(as_small_int(ch[i], "profile.choices[" + std::to_string(i) + "]"));
   const json& us = need(j, "units", "profile");
   if (!us.is_array()) fail("profile.units must be an array");
   for (size_t i = 0; i < us.size(); ++i) {
@@ -579,7 +589,7 @@ Plan Plan::from_json(const json& j) {
     const std::string where = "plan.units[" + std::to_string(i) + "]";
     PlanUnit u;
     u.name = need_string(us[i], "name", where);
-    u.bits = static_cast<int>(as_int(need(us[i], "bits", where), where + ".bits"));
+    u.bits = as_small_int(need(us[i], "bits", where), where + ".bits");
     if (us[i].contains("modules") && us[i]["modules"].is_array())
       for (const auto& m : us[i]["modules"]) {
         if (!m.is_string()) fail(where + ".modules must be an array of names");
@@ -612,7 +622,7 @@ Plan Plan::from_empas(const json& j) {
     (void)idx;
     PlanUnit u;
     u.name = name;
-    u.bits = static_cast<int>(as_int(qm[name], where + ".config.quantization_map[" + name + "]"));
+    u.bits = as_small_int(qm[name], where + ".config.quantization_map[" + name + "]");
     p.units.push_back(u);
   }
   p.quantizer.bytes_model = "params_bits";
