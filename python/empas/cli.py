@@ -110,7 +110,10 @@ def _cmd_info(a: argparse.Namespace) -> int:
 
     if not a.path.startswith("example:"):
         text = Path(a.path).read_text()
-        doc = json.loads(text)
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{a.path} is not valid JSON: {exc}") from None
         if isinstance(doc, dict) and ("config" in doc or doc.get("format") == "empas.plan/1"):
             plan = empas.load_plan(a.path)
             print(plan)
@@ -130,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_search(args)
         if args.command == "info":
             return _cmd_info(args)
-    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as exc:
+    except (ValueError, OSError, ImportError) as exc:  # OSError: missing file, directory...
         print(f"empas {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 1

@@ -16,7 +16,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -61,15 +61,19 @@ class SearchConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        _int("pop_size", self.pop_size, 4, "a population needs at least 4 members")
-        _int("generations", self.generations, 1, "run at least one generation")
-        _int("seed", self.seed, 0, "seeds are integers >= 0")
+        self.pop_size = _int("pop_size", self.pop_size, 4, "a population needs at least 4 members")
+        self.generations = _int("generations", self.generations, 1, "run at least one generation")
+        self.seed = _int("seed", self.seed, 0, "seeds are integers >= 0", hi=None)
         if self.seed >= 2**64:
             raise ValueError("seed must be < 2**64")
         if self.threads is not None:
-            _int("threads", self.threads, 1, "use threads=None for all cores")
+            self.threads = _int("threads", self.threads, 1, "use threads=None for all cores")
         if self.max_bytes is not None:
             self.max_bytes = parse_size(self.max_bytes)
+            if self.max_bytes > _INT64_MAX:
+                raise ValueError(
+                    f"max_bytes must be at most {_INT64_MAX} bytes, got {self.max_bytes}"
+                )
         if self.max_avg_bits is not None:
             v = self.max_avg_bits
             if (
@@ -85,12 +89,12 @@ class SearchConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {v!r}")
-        _int("checkpoint_every", self.checkpoint_every, 1, "")
-        _int("max_points", self.max_points, 1, "")
+        self.checkpoint_every = _int("checkpoint_every", self.checkpoint_every, 1, "")
+        self.max_points = _int("max_points", self.max_points, 1, "", hi=_INT64_MAX)
         if self.resolution is not None:
             self.resolution = parse_size(self.resolution)
-            if self.resolution < 1:
-                raise ValueError("resolution must be at least 1 byte")
+            if not 1 <= self.resolution <= _INT64_MAX:
+                raise ValueError(f"resolution must be between 1 and {_INT64_MAX} bytes")
         if self.method == "exact" and self.latency:
             raise ValueError("method='exact' covers loss vs bytes; latency needs method='nsga2'")
         if self.method == "exact" and self.max_avg_bits is not None:
@@ -100,22 +104,44 @@ class SearchConfig:
         if self.mutation not in ("neighbor", "uniform"):
             raise ValueError(f"mutation must be 'neighbor' or 'uniform', got {self.mutation!r}")
         try:
-            self.pinned = {str(k): int(v) for k, v in dict(self.pinned or {}).items()}
+            pinned = dict(self.pinned or {})
         except (TypeError, ValueError):
             raise ValueError(
                 f"pinned must be a {{unit_name: bits}} dict, got {self.pinned!r}"
             ) from None
+        self.pinned = {str(k): _bits(f"pinned[{k!r}]", v) for k, v in pinned.items()}
         if self.allowed_bits is not None:
-            self.allowed_bits = [int(b) for b in self.allowed_bits]
+            if isinstance(self.allowed_bits, (str, bytes)) or not isinstance(
+                self.allowed_bits, Iterable
+            ):
+                raise ValueError(
+                    f"allowed_bits must be a list of bit widths, got {self.allowed_bits!r}"
+                )
+            self.allowed_bits = [_bits("allowed_bits", b) for b in self.allowed_bits]
         if self.checkpoint is not None:
             self.checkpoint = os.fspath(self.checkpoint)
 
 
-def _int(name: str, v: Any, lo: int, hint: str) -> None:
+_INT32_MAX = 2**31 - 1  # C++ int arguments
+_INT64_MAX = 2**63 - 1  # C++ int64_t arguments
+
+
+def _int(name: str, v: Any, lo: int, hint: str, hi: int | None = _INT32_MAX) -> int:
+    """``v`` as a plain int (numpy integers too) in [lo, hi], else ValueError."""
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
         raise ValueError(
             f"{name} must be an integer >= {lo}, got {v!r}" + (f" ({hint})" if hint else "")
         )
+    if hi is not None and v > hi:
+        raise ValueError(f"{name} must be at most {hi}, got {v!r}")
+    return int(v)
+
+
+def _bits(name: str, v: Any) -> int:
+    """A bit width: an integer (numpy integers too), never a float or string."""
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise ValueError(f"{name}: bit widths must be integers, got {v!r}")
+    return int(v)
 
 
 class Front(Sequence):
@@ -500,8 +526,10 @@ def search(
         exact = bool(r["exact"])
     else:
         init = None
-        if initial:
-            init = np.stack([profile.genome(_as_plan_input(p)) for p in initial]).astype(np.int64)
+        if initial is not None:  # a sequence of plans, or a (k, n_units) array of bits
+            rows = [profile.genome(_as_plan_input(p)) for p in initial]
+            if rows:
+                init = np.stack(rows).astype(np.int64)
         cb, close = _progress_callback(progress, cfg.generations)
         try:
             r = core().run_nsga2(
@@ -567,7 +595,13 @@ def _unique_rows(a: np.ndarray) -> np.ndarray:
 
 def _progress_callback(progress: Any, total: int):
     if callable(progress):
-        return progress, lambda: None
+        # Python truthiness for any return value (None: go on); the native
+        # side only converts None and bools.
+        def call(stats: dict[str, Any]) -> bool:
+            r = progress(stats)
+            return True if r is None else bool(r)
+
+        return call, lambda: None
     if not progress:
         return None, lambda: None
     try:

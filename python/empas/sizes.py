@@ -36,7 +36,10 @@ def parse_size(value: int | float | str) -> int:
             f"invalid size {value!r}: expected a number with an optional unit "
             "(B, KB, MB, GB, TB, KiB, MiB, GiB, TiB), e.g. '8GB' or '1.5GiB'"
         )
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    n = float(m.group(1)) * _UNITS[m.group(2).lower()]
+    if not math.isfinite(n):
+        raise ValueError(f"invalid size {value!r}: too large")
+    return int(n)
 
 
 def format_bytes(n: float) -> str:
