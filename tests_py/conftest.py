@@ -1,11 +1,13 @@
-"""Shared fixtures and the opt-in markers: slow (--run-slow) and gpu (--run-gpu)."""
+"""Shared fixtures and the opt-in markers: slow (--run-slow) and gpu (--run-gpu,
+and only where a CUDA device is present)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-os.environ.setdefault("MPLBACKEND", "Agg")
+# Headless plotting everywhere, whatever the caller's environment says.
+os.environ["MPLBACKEND"] = "Agg"
 
 import pytest  # noqa: E402
 
@@ -14,6 +16,7 @@ import empas  # noqa: E402
 DATA = Path(__file__).parent / "data"
 ORIGINAL_PLANS = DATA / "empas_tinyllama"
 ORIGINAL_PROFILE = Path(empas.__file__).parent / "data" / "tinyllama_sensitivity.json"
+ARCHETYPES = ("balanced", "max_accuracy", "max_compression")
 
 
 def pytest_addoption(parser):
@@ -24,23 +27,37 @@ def pytest_addoption(parser):
 def _cuda_available() -> bool:
     try:
         import torch
-    except ImportError:
+    except Exception:  # not installed, or a broken install
         return False
-    return bool(torch.cuda.is_available())
+    try:
+        return bool(torch.cuda.is_available())
+    except Exception:
+        return False
 
 
 def pytest_collection_modifyitems(config, items):
     run_slow = config.getoption("--run-slow")
-    run_gpu = config.getoption("--run-gpu") and _cuda_available()
+    want_gpu = config.getoption("--run-gpu")
+    has_cuda = None  # probed once, and only when a gpu test is asked for
     for item in items:
         if "slow" in item.keywords and not run_slow:
             item.add_marker(pytest.mark.skip(reason="slow: pass --run-slow"))
-        if "gpu" in item.keywords and not run_gpu:
-            item.add_marker(pytest.mark.skip(reason="gpu: pass --run-gpu on a CUDA machine"))
+        if "gpu" in item.keywords:
+            if not want_gpu:
+                item.add_marker(pytest.mark.skip(reason="gpu: pass --run-gpu on a CUDA machine"))
+                continue
+            if has_cuda is None:
+                has_cuda = _cuda_available()
+            if not has_cuda:
+                item.add_marker(pytest.mark.skip(reason="gpu: no CUDA device (torch)"))
+
+
+# -- profiles and results ---------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
 def tinyllama():
+    """The shipped example: the original EMPAS TinyLlama-1.1B-Chat profile."""
     return empas.load_profile("example:tinyllama")
 
 
@@ -54,8 +71,28 @@ def nsga2_tl(tinyllama):
     return empas.search(tinyllama, method="nsga2", pop_size=100, generations=50, seed=0)
 
 
+# -- the original EMPAS files -----------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def original_profile_path() -> Path:
+    """The original EMPAS profile file (layer_params + sensitivity)."""
+    assert ORIGINAL_PROFILE.is_file(), ORIGINAL_PROFILE
+    return ORIGINAL_PROFILE
+
+
+@pytest.fixture(scope="session")
+def original_plan_paths() -> dict[str, Path]:
+    """archetype -> the original EMPAS artifact (balanced.json, ...)."""
+    paths = {name: ORIGINAL_PLANS / f"{name}.json" for name in ARCHETYPES}
+    for p in paths.values():
+        assert p.is_file(), p
+    return paths
+
+
 @pytest.fixture
 def small_profile_dict():
+    """A valid 4-unit empas.sensitivity/1 document to corrupt in bad-input tests."""
     return {
         "format": "empas.sensitivity/1",
         "model": {"name": "tiny-model"},

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 import empas
@@ -9,58 +11,100 @@ import empas
 
 @pytest.fixture(scope="module")
 def big():
+    """300 units: enough for the parallel loops (variation, evaluation, sampling)."""
     return empas.synthetic_profile(300, seed=5)
 
 
-def _key(res):
+@pytest.fixture(scope="module")
+def big_latency(big):
+    d = big.to_dict()
+    d["latency"] = [[1.0 + b / 16 for b in d["choices"]] for _ in d["units"]]
+    return empas.Profile.from_dict(d)
+
+
+def _front(res):
     return [tuple(res.front.bits(i)) for i in range(len(res.front))], res.front.loss.tolist()
 
 
-def test_threads_do_not_change_the_result(big):
-    one = empas.search(big, pop_size=64, generations=15, seed=2, threads=1)
-    two = empas.search(big, pop_size=64, generations=15, seed=2, threads=2)
-    assert _key(one) == _key(two)
-    other = empas.search(big, pop_size=64, generations=15, seed=3, threads=2)
-    assert _key(other) != _key(one)
+def _history(res):
+    """History without wall-clock times."""
+    return [{k: v for k, v in h.items() if k != "seconds"} for h in res.history]
+
+
+def test_the_build_has_openmp():
+    assert empas.build_info()["openmp"] is True  # else threads=2 would test nothing
+
+
+@pytest.mark.parametrize("latency", [False, True], ids=["2-objective", "3-objective"])
+def test_threads_do_not_change_the_result(big, big_latency, latency):
+    prof = big_latency if latency else big
+    kw = dict(pop_size=300, generations=8, seed=2, latency=latency)
+    one = empas.search(prof, threads=1, **kw)
+    two = empas.search(prof, threads=2, **kw)
+    assert len(one.front) > 1
+    assert _front(one) == _front(two)
+    assert _history(one) == _history(two)
+    assert one.hypervolume == two.hypervolume
+    again = empas.search(prof, threads=2, **kw)
+    assert _front(again) == _front(two)
+
+
+def test_different_seeds_differ(big):
+    kw = dict(pop_size=64, generations=10, threads=2)
+    a = empas.search(big, seed=2, **kw)
+    b = empas.search(big, seed=3, **kw)
+    assert _front(a) != _front(b)
+    assert _history(a) != _history(b)
+
+
+def test_exact_is_deterministic_across_threads():
+    prof = empas.synthetic_profile(40, seed=3)
+    a, b = empas.search(prof, method="exact"), empas.search(prof, method="exact")
+    assert _front(a) == _front(b)
 
 
 def test_checkpoint_resume_equals_uninterrupted(tmp_path, big):
-    full = empas.search(big, pop_size=32, generations=40, seed=1)
+    kw = dict(pop_size=32, seed=1, threads=2)
+    full = empas.search(big, generations=40, **kw)
     ck = tmp_path / "ck.json"
-    part = empas.search(big, pop_size=32, generations=20, seed=1, checkpoint=ck, checkpoint_every=5)
+    part = empas.search(big, generations=20, checkpoint=ck, checkpoint_every=5, **kw)
     assert ck.exists() and part.extra["generations_run"] == 20
-    resumed = empas.search(big, pop_size=32, generations=40, seed=1, checkpoint=ck)
+    assert part.extra["resumed_from"] == -1
+    assert json.loads(ck.read_text())  # a JSON document
+    resumed = empas.search(big, generations=40, checkpoint=ck, **kw)
     assert resumed.extra["resumed_from"] == 20
-    assert _key(resumed) == _key(full)
-    assert [h["hypervolume"] for h in resumed.history] == [h["hypervolume"] for h in full.history]
+    assert resumed.extra["generations_run"] == 40
+    assert _front(resumed) == _front(full)
+    assert len(resumed.history) == len(full.history) == 41
+    assert _history(resumed) == _history(full)
+    assert resumed.evaluations == full.evaluations
+    assert resumed.hypervolume == full.hypervolume
+    # The first 20 generations are those of the interrupted run.
+    assert _history(resumed)[:21] == _history(part)
+
+
+def test_checkpoint_of_another_search_is_refused(tmp_path, big):
+    ck = tmp_path / "ck.json"
+    empas.search(big, pop_size=32, generations=5, seed=1, checkpoint=ck)
+    before = ck.read_bytes()
     with pytest.raises(empas.FormatError, match="another search"):
-        empas.search(big, pop_size=32, generations=40, seed=9, checkpoint=ck)
+        empas.search(big, pop_size=32, generations=10, seed=9, checkpoint=ck)
+    with pytest.raises(empas.FormatError, match="another search"):
+        empas.search(big, pop_size=32, generations=10, seed=1, max_bytes="1GB", checkpoint=ck)
+    other = empas.synthetic_profile(300, seed=6)
+    with pytest.raises(empas.FormatError, match="another search"):
+        empas.search(other, pop_size=32, generations=10, seed=1, checkpoint=ck)
+    assert ck.read_bytes() == before  # a refused checkpoint is left alone
 
 
-def test_progress_callback(big):
-    seen = []
-
-    def cb(stats):
-        seen.append(stats["generation"])
-        return stats["generation"] < 4
-
-    res = empas.search(big, pop_size=16, generations=30, progress=cb)
-    assert seen == [0, 1, 2, 3, 4]
-    assert res.extra["stopped_early"] and res.extra["generations_run"] == 4
-
-
-def test_exception_in_callback_propagates(big):
-    def cb(stats):
-        if stats["generation"] == 2:
-            raise KeyError("boom from callback")
-
-    with pytest.raises(KeyError, match="boom"):
-        empas.search(big, pop_size=16, generations=10, progress=cb)
-
-
-def test_progress_bar(big):
-    res = empas.search(big, pop_size=16, generations=5, progress=True)
-    assert res.extra["generations_run"] == 5
+def test_corrupt_checkpoint_is_a_format_error(tmp_path, big):
+    ck = tmp_path / "ck.json"
+    ck.write_text('{"format": "empas.nsga2-checkpoint/1", ')
+    with pytest.raises(empas.FormatError, match="not valid JSON"):
+        empas.search(big, pop_size=32, generations=5, checkpoint=ck)
+    ck.write_text(json.dumps({"format": "something/else"}))
+    with pytest.raises(empas.FormatError, match="checkpoint"):
+        empas.search(big, pop_size=32, generations=5, checkpoint=ck)
 
 
 def test_ctrl_c_interrupts_a_long_search(big):
@@ -71,7 +115,9 @@ def test_ctrl_c_interrupts_a_long_search(big):
     timer = threading.Timer(0.3, _thread.interrupt_main)
     timer.start()
     t0 = time.perf_counter()
-    with pytest.raises(KeyboardInterrupt):
-        empas.search(big, pop_size=64, generations=10_000_000)
-    timer.cancel()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            empas.search(big, pop_size=64, generations=10_000_000)
+    finally:
+        timer.cancel()
     assert time.perf_counter() - t0 < 10
