@@ -14,7 +14,7 @@ from __future__ import annotations
 from ._native import build_info
 from .errors import EmpasError, FormatError, InfeasibleError, NativeBuildError
 from .plan import Plan, load_plan
-from .profile import Profile, Unit, example_profile, load_profile
+from .sensitivity import Profile, Unit, example_profile, load_profile
 from .search import SearchConfig, SearchResult, search
 from .sizes import format_bytes, parse_size
 from .synthetic import synthetic_profile

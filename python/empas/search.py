@@ -26,7 +26,7 @@ import numpy as np
 from ._native import core
 from .errors import InfeasibleError
 from .plan import Plan
-from .profile import Profile, load_profile
+from .sensitivity import Profile, load_profile
 from .sizes import format_bytes, parse_size
 
 METHODS = ("nsga2", "exact")

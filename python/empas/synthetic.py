@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .profile import Profile
+from .sensitivity import Profile
 
 _LINEARS = (
     ("self_attn.q_proj", "attn", 1, 1),
