@@ -99,8 +99,20 @@ py::dict build_info() {
   d["openmp"] = false;
 #endif
   d["max_threads"] = resolve_threads(0);
+  // Built by the same configure (the torch ops are a separate library,
+  // libempas_ops.so, loaded by torch; empas.build_info() adds what is loadable).
+#ifdef EMPAS_BUILT_CUDA
+  d["cuda"] = true;
+#else
   d["cuda"] = false;
+#endif
+#ifdef EMPAS_BUILT_TORCH_OPS
+  d["torch_ops"] = true;
+  d["ops_torch_version"] = EMPAS_OPS_TORCH_VERSION;
+  d["ops_file"] = EMPAS_OPS_FILE;
+#else
   d["torch_ops"] = false;
+#endif
 #ifdef __VERSION__
   d["compiler"] = __VERSION__;
 #endif

@@ -15,6 +15,7 @@ from ._native import build_info
 from .errors import EmpasError, FormatError, InfeasibleError, NativeBuildError
 from .plan import Plan, load_plan
 from .sensitivity import Profile, Unit, example_profile, load_profile
+from .quant import fake_quant, fake_quant_reference  # torch imported on first call
 from .search import SearchConfig, SearchResult, search
 from .sizes import format_bytes, parse_size
 from .synthetic import synthetic_profile
@@ -33,6 +34,8 @@ __all__ = [
     "Unit",
     "build_info",
     "example_profile",
+    "fake_quant",
+    "fake_quant_reference",
     "format_bytes",
     "load_plan",
     "load_profile",
