@@ -110,3 +110,29 @@ def small_profile_dict():
         "unsearched_bytes": 1000,
         "delta": [[0.4 / (i + 1), 0.02 / (i + 1), 0.001, 0.0] for i in range(4)],
     }
+
+
+# -- real models, offline (torch + transformers) ------------------------------------
+
+TINY_TEST_MODEL = dict(
+    n_layers=4, hidden=64, intermediate=176, heads=4, kv_heads=2, vocab=512,
+    max_positions=256, seq_len=64, batch_size=8, steps=400, lr=1e-2,
+)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory):
+    """A 4-block Llama-layout model trained (briefly) on real text, saved with
+    save_pretrained: the offline stand-in for TinyLlama in the tests."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from empas.models import tiny_llama
+
+    return tiny_llama(tmp_path_factory.mktemp("models") / "tiny", verbose=False, **TINY_TEST_MODEL)
+
+
+@pytest.fixture(scope="session")
+def calib_texts():
+    from empas.models import corpus
+
+    return corpus("train")

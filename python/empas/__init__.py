@@ -7,16 +7,22 @@ the Pareto front of loss vs memory over that table, and export deployable plans.
     >>> prof = empas.load_profile("example:tinyllama")
     >>> res = empas.search(prof, method="exact")
     >>> res.archetypes["balanced"]
+
+Profiling a model of your own (needs torch + transformers):
+
+    >>> prof = empas.profile("path/to/model", "calib.txt", units="block")
 """
 
 from __future__ import annotations
 
+from . import models
 from ._native import build_info
 from .errors import EmpasError, FormatError, InfeasibleError, NativeBuildError
 from .plan import Plan, load_plan
-from .sensitivity import Profile, Unit, example_profile, load_profile
+from .profiling import estimate_sensitivity, profile, rank_correlation
 from .quant import fake_quant, fake_quant_reference  # torch imported on first call
 from .search import SearchConfig, SearchResult, search
+from .sensitivity import Profile, Unit, example_profile, load_profile
 from .sizes import format_bytes, parse_size
 from .synthetic import synthetic_profile
 
@@ -33,13 +39,17 @@ __all__ = [
     "SearchResult",
     "Unit",
     "build_info",
+    "estimate_sensitivity",
     "example_profile",
     "fake_quant",
     "fake_quant_reference",
     "format_bytes",
     "load_plan",
     "load_profile",
+    "models",
     "parse_size",
+    "profile",
+    "rank_correlation",
     "search",
     "synthetic_profile",
 ]
