@@ -18,5 +18,4 @@ echo
 empas profile example:tiny-llama -o out/tiny-llama/profile.json --bits 0,2,3,4,8 \
   --estimate --checkpoint out/tiny-llama/profile.checkpoint.json --force
 echo
-empas search out/tiny-llama/profile.json -o out/tiny-llama/search --method nsga2 \
-  --negative keep --force
+empas search out/tiny-llama/profile.json -o out/tiny-llama/search --method nsga2 --force

@@ -51,7 +51,7 @@ def test_block_table_shape_and_sanity(block_profile):
 
 def test_profile_roundtrips_through_file(block_profile, tmp_path):
     path = block_profile.save(tmp_path / "p.json")
-    q = empas.load_profile(path, negative="keep")
+    q = empas.load_profile(path)  # measured: negatives kept raw by default
     np.testing.assert_array_equal(q.delta, block_profile.delta)
     assert json.loads(path.read_text())["format"] == "empas.sensitivity/1"
     res = empas.search(q, method="exact")  # the measured table feeds the search
@@ -273,7 +273,7 @@ def test_cli_profile(tiny_model_path, calib_texts, tmp_path, capsys):
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "Spearman rank correlation" in text and "wrote" in text
-    prof = empas.load_profile(out, negative="keep")
+    prof = empas.load_profile(out)
     assert prof.choices == [2, 8, 16] and prof.n_units == 4
     assert (tmp_path / "prof.fisher.json").is_file()
     assert main(args) == 2  # no overwrite without --force
@@ -320,3 +320,13 @@ def test_choices_are_recorded_as_formats(block_profile):
     assert int_format(3, 0, symmetric=False).bits_per_weight(in_features=64) == 3 + 24 / 64
     with pytest.raises(ValueError, match="not supported"):
         int_format(9)
+
+
+def test_measured_negative_deltas_load_by_default(block_profile):
+    d = block_profile.to_dict()
+    d["delta"][1][3] = -0.01  # 8 bits lowered the loss, far beyond its standard error
+    d["stderr"][1][3] = 1e-4
+    assert empas.Profile.from_dict(d).delta[1, 3] == -0.01  # measured by empas.profile: kept
+    d["source"] = {"generator": "somebody else"}
+    with pytest.raises(empas.FormatError, match="beyond 3 standard errors"):
+        empas.Profile.from_dict(d)

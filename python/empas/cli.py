@@ -54,8 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--negative",
         choices=["error", "clamp", "keep"],
-        default="error",
-        help="what to do with negative deltas in the profile",
+        default=None,
+        help="what to do with negative deltas in the profile (default: keep them in a "
+        "table measured by empas profile, error elsewhere)",
     )
     s.add_argument("--progress", action="store_true", help="show a progress bar")
     s.add_argument("--force", action="store_true", help="overwrite existing output files")

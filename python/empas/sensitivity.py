@@ -41,13 +41,15 @@ class Profile:
         self._fingerprint: str | None = None
 
     @classmethod
-    def from_json(cls, text: str, negative: str = "error") -> Profile:
+    def from_json(cls, text: str, negative: str | None = None) -> Profile:
         """Parses ``empas.sensitivity/1`` or the original EMPAS format."""
         _check_negative(negative)
+        if negative is None:
+            negative = _auto_negative(text)
         return cls(core().Profile.from_json(text, negative))
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], negative: str = "error") -> Profile:
+    def from_dict(cls, data: dict[str, Any], negative: str | None = None) -> Profile:
         try:
             text = json.dumps(data, allow_nan=False)
         except ValueError:
@@ -255,13 +257,15 @@ class Profile:
         )
 
 
-def load_profile(path: str | os.PathLike, negative: str = "error") -> Profile:
+def load_profile(path: str | os.PathLike, negative: str | None = None) -> Profile:
     """Loads a profile: ``empas.sensitivity/1`` or the original EMPAS format
     (``layer_params`` + ``sensitivity``). ``path`` may also be ``"example:tinyllama"``.
 
-    ``negative`` says what to do with negative deltas: "error" (default; values
-    within 3 standard errors of zero are measurement noise and kept raw),
-    "clamp" (to 0) or "keep"."""
+    ``negative`` says what to do with negative deltas: "error" (values within 3
+    standard errors of zero are measurement noise and kept raw), "clamp" (to 0)
+    or "keep". The default (None) keeps them in a table that ``empas.profile``
+    measured (stored raw with its standard errors: a quantized unit can lower the
+    loss, and that is a measurement) and is "error" for any other file."""
     _check_negative(negative)
     spath = str(path)
     if spath.startswith("example:"):
@@ -270,7 +274,11 @@ def load_profile(path: str | os.PathLike, negative: str = "error") -> Profile:
     if not p.is_file():
         raise FileNotFoundError(f"profile file not found: {p}")
     try:
-        native = core().Profile.load(str(p), negative)
+        if negative is None:
+            text = p.read_text(encoding="utf-8", errors="replace")
+            native = core().Profile.from_json(text, _auto_negative(text))
+        else:
+            native = core().Profile.load(str(p), negative)
     except ValueError as exc:
         raise type(exc)(f"{p}: {exc}") from None
     return Profile(native, str(p))
@@ -279,7 +287,7 @@ def load_profile(path: str | os.PathLike, negative: str = "error") -> Profile:
 EXAMPLES = {"tinyllama": "tinyllama_sensitivity.json"}
 
 
-def example_profile(name: str = "tinyllama", negative: str = "error") -> Profile:
+def example_profile(name: str = "tinyllama", negative: str | None = None) -> Profile:
     """A profile shipped with EMPAS. ``"tinyllama"``: the original EMPAS project's
     measured TinyLlama-1.1B-Chat profile (22 blocks x {2, 4, 8} bits, MIT)."""
     if name not in EXAMPLES:
@@ -290,8 +298,19 @@ def example_profile(name: str = "tinyllama", negative: str = "error") -> Profile
     return prof
 
 
-def _check_negative(negative: str) -> None:
-    if negative not in NEGATIVE_POLICIES:
+def _auto_negative(text: str) -> str:
+    """'keep' for a table measured by empas.profile, else 'error'."""
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return "error"  # the native parser names the problem
+    src = doc.get("source") if isinstance(doc, dict) else None
+    measured = isinstance(src, dict) and src.get("generator") == "empas.profile"
+    return "keep" if measured else "error"
+
+
+def _check_negative(negative: str | None) -> None:
+    if negative is not None and negative not in NEGATIVE_POLICIES:
         raise ValueError(f"negative must be one of {NEGATIVE_POLICIES}, got {negative!r}")
 
 
