@@ -27,17 +27,10 @@ import torch
 import empas
 from empas.models import corpus, tiny_llama
 
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_ops import cpu_model  # noqa: E402  (same folder: one machine probe)
+
 MODEL = dict(n_layers=16, hidden=256, intermediate=688, heads=8, kv_heads=4, vocab=2048, steps=200)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def full_forward_seconds(path, windows, batch_size, repeats) -> float:

@@ -330,3 +330,17 @@ def test_measured_negative_deltas_load_by_default(block_profile):
     d["source"] = {"generator": "somebody else"}
     with pytest.raises(empas.FormatError, match="beyond 3 standard errors"):
         empas.Profile.from_dict(d)
+
+
+def test_cli_interrupt_exits_130(tiny_model_path, tmp_path, capsys, monkeypatch):
+    from empas.cli import main
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(empas, "profile", interrupted)
+    calib = tmp_path / "c.txt"
+    calib.write_text("x")
+    args = ["profile", str(tiny_model_path), "--calib", str(calib), "-o", str(tmp_path / "p.json")]
+    assert main(args + ["--checkpoint", str(tmp_path / "ck.json")]) == 130
+    assert "interrupted (rerun with the same --checkpoint" in capsys.readouterr().err

@@ -248,6 +248,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, ImportError) as exc:  # OSError: missing file, directory...
         print(f"empas {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        hint = (
+            " (rerun with the same --checkpoint to resume)"
+            if getattr(args, "checkpoint", None)
+            else ""
+        )
+        print(f"empas {args.command}: interrupted{hint}", file=sys.stderr)
+        return 130
     return 1
 
 
