@@ -344,3 +344,11 @@ def test_cli_interrupt_exits_130(tiny_model_path, tmp_path, capsys, monkeypatch)
     args = ["profile", str(tiny_model_path), "--calib", str(calib), "-o", str(tmp_path / "p.json")]
     assert main(args + ["--checkpoint", str(tmp_path / "ck.json")]) == 130
     assert "interrupted (rerun with the same --checkpoint" in capsys.readouterr().err
+
+
+def test_missing_torch_is_a_clear_error(monkeypatch, calib_texts):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import raises ImportError
+    with pytest.raises(ImportError, match="profiling needs torch and transformers"):
+        empas.profile("anything", calib_texts)

@@ -815,6 +815,7 @@ class _Session:
         embeddings,
         head,
     ):
+        _require_torch()
         import torch
 
         for name, v, lo in (("batch_size", batch_size, 1), ("seed", seed, 0)):
@@ -1030,6 +1031,18 @@ class _Session:
             "cache": bool(cache),
         }
         return self._profile(float(base.mean()), delta, stderr, self.loss_name, timings, {})
+
+
+def _require_torch() -> None:
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(
+            f"profiling needs torch and transformers ({exc}); install them with "
+            "`pip install torch==2.13.0 transformers` (a CUDA build of torch for GPUs), then "
+            "rebuild EMPAS with `pip install --no-build-isolation .` so the ops match that torch"
+        ) from exc
 
 
 def _ekey(spec: _UnitSpec, bits: int) -> str:
