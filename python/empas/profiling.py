@@ -266,6 +266,24 @@ def _texts_from(calibration) -> tuple[list[str], str]:
     )
 
 
+def _encode_stream(texts: list[str], tokenizer):
+    """One token stream: each text's ids (no special tokens) followed by EOS (or SEP)."""
+    import torch
+
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    parts: list[int] = []
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        encs = [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
+    else:
+        encs = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    for e in encs:
+        parts.extend(e)
+        if eos is not None:
+            parts.append(eos)
+    return torch.tensor(parts, dtype=torch.long)
+
+
 def _calibration_tokens(calibration, tokenizer, seq_len, n_tokens, seed):
     import torch
 
@@ -290,20 +308,7 @@ def _calibration_tokens(calibration, tokenizer, seq_len, n_tokens, seed):
         texts, source = _texts_from(calibration)
         if tokenizer is None:
             raise ValueError("text calibration needs a tokenizer (tokenizer=...)")
-        eos = (
-            tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
-        )
-        parts = []
-        backend = getattr(tokenizer, "backend_tokenizer", None)
-        if backend is not None:
-            encs = [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
-        else:
-            encs = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-        for e in encs:
-            parts.extend(e)
-            if eos is not None:
-                parts.append(eos)
-        stream, windows = torch.tensor(parts, dtype=torch.long), None
+        stream, windows = _encode_stream(texts, tokenizer), None
     if windows is None:
         if seq_len is None:
             raise ValueError("seq_len is required")
@@ -637,9 +642,12 @@ def _fingerprint(model) -> str:
 
 
 def _unsearched_bytes(model, specs) -> int:
+    """Bytes of what a checkpoint stores besides the searched weights: distinct
+    parameters and persistent buffers (the state dict) at their stored dtype.
+    Non-persistent buffers (e.g. rotary inv_freq) are recomputed, not stored."""
     searched = {m.weight.data_ptr() for s in specs for m in s.members}
     seen, n = set(), 0
-    for p in list(model.parameters()) + list(model.buffers()):
+    for p in model.state_dict(keep_vars=True).values():
         if p.data_ptr() in seen or p.data_ptr() in searched:
             continue
         seen.add(p.data_ptr())
