@@ -136,3 +136,26 @@ def calib_texts():
     from empas.models import corpus
 
     return corpus("train")
+
+
+@pytest.fixture(scope="session")
+def eval_texts():
+    """Held-out text (the corpus' eval split): never used for calibration."""
+    from empas.models import corpus
+
+    return corpus("eval")
+
+
+@pytest.fixture(scope="session")
+def tiny_profile(tiny_model_path, calib_texts):
+    """A block-level profile of the tiny test model with 0 (drop), 2, 3, 4, 8 bits."""
+    return empas.profile(
+        tiny_model_path,
+        calib_texts,
+        units="block",
+        choices=(0, 2, 3, 4, 8),
+        n_tokens=2048,
+        seq_len=64,
+        batch_size=8,
+        progress=False,
+    )

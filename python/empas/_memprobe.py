@@ -1,0 +1,49 @@
+"""``python -m empas._memprobe CHECKPOINT [DEVICE]``: loads a packed checkpoint in
+this fresh process and prints, as one JSON line, the resident memory the load
+added (``rss_delta``, bytes), the bytes of the loaded tensors and, on CUDA, the
+GPU bytes allocated. Used by ``empas.verify(..., memory=True)``."""
+
+from __future__ import annotations
+
+import gc
+import json
+import sys
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    import os
+
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def main(argv: list[str]) -> int:
+    if not argv:
+        print("usage: python -m empas._memprobe CHECKPOINT [DEVICE]", file=sys.stderr)
+        return 2
+    import torch
+    import transformers  # noqa: F401  (imported before the baseline RSS reading)
+
+    from empas.apply import weight_bytes
+    from empas.checkpoint import load_quantized
+
+    device = argv[1] if len(argv) > 1 else "cpu"
+    gc.collect()
+    before = _rss()
+    cuda0 = torch.cuda.memory_allocated() if device.startswith("cuda") else None
+    model = load_quantized(argv[0], device=device)
+    gc.collect()
+    after = _rss()
+    out = {
+        "rss_delta": after - before,
+        "rss_after": after,
+        "weight_bytes": weight_bytes(model),
+        "cuda_bytes": None if cuda0 is None else torch.cuda.memory_allocated() - cuda0,
+    }
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

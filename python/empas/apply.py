@@ -1,0 +1,380 @@
+"""Applying a plan to a real model.
+
+``empas.apply(model, plan, mode="fake")`` quantize-dequantizes every planned
+weight in place with the plan's quantizer (the C++ fake-quant op): the model
+keeps its dtype and its memory, and computes what the quantized model computes.
+
+``mode="packed"`` replaces every quantized linear with a ``empas.nn.PackedLinear``
+that stores the packed integer codes (a bit stream of ``ceil(rows * cols * bits /
+8)`` bytes), fp16 scales (and uint8 zero points for asymmetric plans) and
+dequantizes on each forward with the C++ op ``empas::dequant`` (CPU and CUDA);
+16-bit units become an ``empas.nn.HalfLinear`` holding an fp16 weight. The model's
+weights then take exactly the plan's predicted bytes.
+
+Both modes drop the blocks planned at 0 bits (an ``empas.nn.DroppedBlock`` returns its
+input). Fake and packed outputs agree bit for bit in the weights: dequantizing
+the packed codes reproduces the fake-quantized weight exactly (except asymmetric
+groups whose fp16 scale is 0, i.e. constant groups, which packing stores as the
+fp16 value of the constant); the logits then differ only by the rounding of the
+different matmul kernels (``F.linear`` on the same weights: identical on CPU in
+practice, see tests).
+
+A plan must match the model: its units' member modules must exist and have the
+parameter counts the plan records, or :class:`PlanMismatchError` names the first
+difference.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import FormatError
+from .plan import Plan, load_plan
+
+__all__ = ["PlanMismatchError", "apply", "applied", "resolve", "weight_bytes"]
+
+MODES = ("fake", "packed")
+
+
+class PlanMismatchError(FormatError):
+    """The plan was made for a different model (unknown modules, other sizes)."""
+
+
+# ----------------------------------------------------------------------------
+# resolving a plan against a model
+# ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Target:
+    unit: str
+    bits: int
+    members: list  # profiling._Member
+    block: tuple[str, int] | None  # (stack prefix, index) for a dropped block
+
+
+@dataclass
+class QuantSpec:
+    """The quantizer a plan was made with: group size (0 = per output channel),
+    symmetric or not; clip search is a property of the profile (pass it)."""
+
+    group_size: int
+    symmetric: bool
+
+    @classmethod
+    def of(cls, plan: Plan) -> QuantSpec:
+        q = plan.quantizer
+        gran = q.get("granularity", "group")
+        if gran not in ("group", "channel"):
+            raise FormatError(
+                f"plan quantizer granularity {gran!r} is not supported by apply (use 'group' or "
+                "'channel')"
+            )
+        scheme = q.get("scheme", "symmetric")
+        if scheme not in ("symmetric", "asymmetric"):
+            raise FormatError(f"plan quantizer scheme {scheme!r} is unknown")
+        symmetric = scheme == "symmetric"
+        zb = int(q.get("zero_bytes", 0 if symmetric else 1))
+        sb = int(q.get("scale_bytes", 2))
+        if sb != 2 or zb != (0 if symmetric else 1):
+            raise FormatError(
+                f"plan quantizer stores {sb}-byte scales and {zb}-byte zero points; the packed "
+                "format has fp16 scales and (asymmetric only) uint8 zero points"
+            )
+        if q.get("bytes_model", "packed") != "packed":
+            raise FormatError(
+                "the plan's byte counts use bytes_model='params_bits' (an imported original "
+                "EMPAS plan): it has no quantizer layout to apply; re-plan from an empas profile"
+            )
+        g = int(q.get("group_size", 128)) if gran == "group" else 0
+        return cls(g, symmetric)
+
+
+def _as_plan(plan) -> Plan:
+    if isinstance(plan, Plan):
+        return plan
+    if isinstance(plan, (str, Path)):
+        return load_plan(plan)
+    if isinstance(plan, dict):
+        return Plan.from_dict(plan)
+    raise TypeError(f"plan must be a Plan, a dict or a path, got {type(plan).__name__}")
+
+
+def resolve(model, plan: Plan) -> list[_Target]:
+    """Matches the plan's units to the model's modules; raises PlanMismatchError."""
+    from .profiling import _find_blocks, _Member, _quantizable
+
+    quant = _quantizable(model)
+    named = dict(model.named_modules())
+    data = plan.to_dict()
+    blocks_prefix = (data.get("model") or {}).get("blocks")
+    n_blocks_plan = (data.get("model") or {}).get("n_blocks")
+    if not blocks_prefix:
+        blocks_prefix, _ = _find_blocks(model, quant)
+    stack = named.get(blocks_prefix)
+    if stack is None:
+        raise PlanMismatchError(
+            f"the plan was made for a model whose blocks are {blocks_prefix!r}; this "
+            f"{type(model).__name__} has no such module"
+        )
+    if n_blocks_plan is not None and int(n_blocks_plan) != len(stack):
+        raise PlanMismatchError(
+            f"the plan was made for a model with {n_blocks_plan} blocks; this "
+            f"{type(model).__name__} has {len(stack)} in {blocks_prefix!r}"
+        )
+    targets: list[_Target] = []
+    seen: dict[str, str] = {}
+    for u in data["units"]:
+        name, bits = u["name"], int(u["bits"])
+        mods = list(u.get("modules") or [])
+        if not mods:
+            m = re.fullmatch(r"layer_(\d+)", name)
+            if m is None:
+                raise PlanMismatchError(
+                    f"unit {name!r} lists no modules; only original-EMPAS units 'layer_<i>' "
+                    "can be mapped to a model without them"
+                )
+            name_block = f"{blocks_prefix}.{m.group(1)}"
+            mods = [k for k in quant if k.startswith(name_block + ".")]
+            if not mods:
+                raise PlanMismatchError(f"unit {name!r}: the model has no block {name_block!r}")
+        members = []
+        for k in mods:
+            mod = named.get(k)
+            if mod is None:
+                raise PlanMismatchError(
+                    f"unit {name!r}: module {k!r} is not in this {type(model).__name__} (a plan "
+                    "for another model?)"
+                )
+            if k in seen:
+                raise PlanMismatchError(f"module {k!r} is in two units: {seen[k]!r} and {name!r}")
+            seen[k] = name
+            if k in quant:
+                members.append(quant[k])
+            elif type(mod).__name__ == "Embedding" or (
+                hasattr(mod, "weight") and getattr(mod.weight, "dim", lambda: 0)() == 2
+            ):
+                members.append(_Member(k, mod, "embedding"))
+            else:
+                raise PlanMismatchError(f"unit {name!r}: module {k!r} has no 2-D weight")
+        params = u.get("params")
+        distinct = {m.weight.data_ptr(): m.weight.numel() for m in members}
+        if params is not None and int(params) != sum(distinct.values()):
+            raise PlanMismatchError(
+                f"unit {name!r}: the plan counts {int(params):,} parameters, the model's modules "
+                f"have {sum(distinct.values()):,} (a plan for another model?)"
+            )
+        block = None
+        if bits == 0:
+            idx = None
+            if name.startswith(blocks_prefix + "."):
+                rest = name[len(blocks_prefix) + 1 :]
+                if rest.isdigit():
+                    idx = int(rest)
+            m = re.fullmatch(r"layer_(\d+)", name)
+            if m:
+                idx = int(m.group(1))
+            if idx is None or idx >= len(stack):
+                raise PlanMismatchError(
+                    f"unit {name!r} is planned at 0 bits (dropped) but is not a block of "
+                    f"{blocks_prefix!r}"
+                )
+            block = (blocks_prefix, idx)
+        targets.append(_Target(name, bits, members, block))
+    return targets
+
+
+# ----------------------------------------------------------------------------
+# applying
+# ----------------------------------------------------------------------------
+
+
+class _Undo:
+    """What to put back: saved weight copies (``save_weights``) and replaced modules."""
+
+    def __init__(self, save_weights: bool = True):
+        self.save_weights = save_weights
+        self.weights: list[tuple[Any, Any]] = []  # (tensor, saved copy)
+        self.modules: list[tuple[Any, str, Any]] = []  # (parent, attr, original)
+
+    def restore(self) -> None:
+        import torch
+
+        with torch.no_grad():
+            for t, saved in reversed(self.weights):
+                t.copy_(saved)
+        for parent, attr, orig in reversed(self.modules):
+            _set_child(parent, attr, orig)
+        self.weights.clear()
+        self.modules.clear()
+
+
+def _parent(model, name: str):
+    if "." in name:
+        p, attr = name.rsplit(".", 1)
+        return model.get_submodule(p), attr
+    return model, name
+
+
+def _set_child(parent, attr: str, mod) -> None:
+    import torch.nn as nn
+
+    if attr.isdigit() and isinstance(parent, nn.ModuleList):
+        parent[int(attr)] = mod
+    else:
+        setattr(parent, attr, mod)
+
+
+def _replace(model, name: str, new, undo: _Undo | None) -> None:
+    parent, attr = _parent(model, name)
+    old = parent[int(attr)] if attr.isdigit() else getattr(parent, attr)
+    if undo is not None:
+        undo.modules.append((parent, attr, old))
+    _set_child(parent, attr, new)
+
+
+def _check_bits(unit: str, bits: int) -> None:
+    if not (bits == 0 or bits == 16 or 2 <= bits <= 8):
+        raise FormatError(f"unit {unit!r}: {bits} bits is not a known format (0, 2..8, 16)")
+
+
+def _apply(model, plan: Plan, mode: str, clip_search: bool, undo: _Undo | None) -> None:
+    import torch
+
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    qs = QuantSpec.of(plan)
+    targets = resolve(model, plan)
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    emb_w = getattr(emb, "weight", None)
+    for t in targets:
+        _check_bits(t.unit, t.bits)
+        for m in t.members:
+            if mode == "packed" and t.bits != 0:
+                if m.kind == "embedding":
+                    raise FormatError(
+                        f"unit {t.unit!r}: packed mode stores linear layers; {m.name!r} is an "
+                        "embedding (use mode='fake')"
+                    )
+                if emb_w is not None and m.weight is emb_w and m.kind != "embedding":
+                    raise FormatError(
+                        f"unit {t.unit!r}: {m.name!r} shares its weight with another module "
+                        "(tied embeddings); packed mode cannot split it (use mode='fake')"
+                    )
+            if t.bits not in (0, 16) and not bool(torch.isfinite(m.weight).all()):
+                raise ValueError(f"unit {t.unit!r}: {m.name!r} weight contains NaN or Inf")
+    from .nn import DroppedBlock
+
+    try:
+        with torch.no_grad():
+            for t in targets:
+                if t.bits == 0:
+                    prefix, idx = t.block
+                    _replace(model, f"{prefix}.{idx}", DroppedBlock(idx), undo)
+                    continue
+                done = set()
+                for m in t.members:
+                    if m.weight.data_ptr() in done:
+                        continue
+                    done.add(m.weight.data_ptr())
+                    if mode == "fake":
+                        _fake(m, t.bits, qs, clip_search, undo)
+                    else:
+                        _pack(model, m, t.bits, qs, clip_search, undo)
+    except BaseException:
+        if undo is not None:
+            undo.restore()
+        raise
+
+
+def _fake(m, bits: int, qs: QuantSpec, clip_search: bool, undo: _Undo | None) -> None:
+    import torch
+
+    from .quant import fake_quant
+
+    w = m.weight.data
+    if undo is not None and undo.save_weights:
+        undo.weights.append((w, w.clone()))
+    if bits == 16:
+        w.copy_(w.to(torch.float16).to(w.dtype))
+    else:
+        fake_quant(
+            m.view2d(),
+            bits,
+            group_size=qs.group_size,
+            symmetric=qs.symmetric,
+            clip_search=clip_search,
+            inplace=True,
+        )
+
+
+def _pack(model, m, bits: int, qs: QuantSpec, clip_search: bool, undo: _Undo | None) -> None:
+    import torch
+
+    from .nn import HalfLinear, PackedLinear
+
+    w2d = m.view2d()
+    bias = getattr(m.module, "bias", None)
+    bias = None if bias is None else bias.data
+    if bits == 16:
+        out, inn = (int(s) for s in w2d.shape)
+        new = HalfLinear(inn, out, bias is not None, getattr(bias, "dtype", None))
+        new.weight = w2d.to(torch.float16).contiguous().clone()
+        if bias is not None:
+            new.bias = bias.clone()
+    else:
+        new = PackedLinear.from_weight(w2d, bias, bits, qs.group_size, qs.symmetric, clip_search)
+    _replace(model, m.name, new, undo)
+
+
+def apply(model, plan, mode: str = "fake", *, clip_search: bool = False):
+    """Applies ``plan`` (a Plan, dict or path) to ``model`` in place and returns it.
+
+    ``mode="fake"``: weights are quantize-dequantized in place (same memory).
+    ``mode="packed"``: quantized linears become ``empas.nn.PackedLinear`` (packed
+    codes + fp16 scales, dequantized on the fly by the C++ op), 16-bit units
+    ``empas.nn.HalfLinear``; the weights then take the plan's predicted bytes.
+    Blocks planned at 0 bits are replaced by ``empas.nn.DroppedBlock`` in both modes.
+    ``clip_search`` must match the profile's (``profile.meta["source"]``).
+
+    Raises PlanMismatchError for a plan made for another model, FormatError for
+    formats the quantizer does not know. Nothing is changed on error."""
+    plan = _as_plan(plan)
+    # Everything is validated (names, sizes, formats, finite weights) before the
+    # first change; replaced modules are put back if packing fails part-way.
+    _apply(model, plan, mode, clip_search, _Undo(save_weights=False))
+    return model
+
+
+@contextmanager
+def applied(model, plan, mode: str = "fake", *, clip_search: bool = False) -> Iterator[Any]:
+    """``with empas.applied(model, plan): ...`` applies the plan and restores the
+    original weights and modules (bit-exactly) on exit."""
+    plan = _as_plan(plan)
+    undo = _Undo()
+    _apply(model, plan, mode, clip_search, undo)
+    try:
+        yield model
+    finally:
+        undo.restore()
+
+
+def weight_bytes(model) -> int:
+    """Bytes of the model's distinct parameters and persistent buffers, as a
+    checkpoint stores them (the quantity plans predict)."""
+    seen, n = set(), 0
+    for t in model.state_dict(keep_vars=True).values():
+        if t.device.type == "meta":
+            n += t.numel() * t.element_size()
+            continue
+        key = (t.data_ptr(), t.numel(), t.dtype)
+        if key in seen:
+            continue
+        seen.add(key)
+        n += t.numel() * t.element_size()
+    return int(n)
