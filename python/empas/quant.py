@@ -150,6 +150,19 @@ def _fp16(w, inplace: bool):
 
 def _reference(torch, w, bits: int, group_size: int, symmetric: bool, clip_search: bool):
     rows, cols = w.shape
+    y = _quantize_groups(torch, w, bits, group_size, symmetric, clip_search)["y"]
+    return y.reshape(rows, -1)[:, :cols].to(w.dtype).contiguous()
+
+
+def _quantize_groups(torch, w, bits: int, group_size: int, symmetric: bool, clip_search: bool):
+    """The reference quantizer on the groups of a non-empty ``w``, as a dict of
+    ``[rows, ngroups, g]`` / ``[rows, ngroups, 1]`` fp32 tensors: ``x`` (the groups,
+    the last one padded), ``y`` (dequantized at the chosen ratio), and the chosen
+    quantizer per group: ``scale`` (``d`` or ``s``; +0.0 where ``special``), ``zero``
+    (asymmetric ``z``; None when symmetric), ``special`` (bool: symmetric ``d == 0``,
+    the group is zeros; asymmetric ``s == 0``, the group is kept as it is) and
+    ``lo`` (the group's minimum). Shared with :mod:`empas.packing`."""
+    rows, cols = w.shape
     g = cols if group_size <= 0 or group_size > cols else int(group_size)
     ng = -(-cols // g)
     pad = ng * g - cols
@@ -167,16 +180,16 @@ def _reference(torch, w, bits: int, group_size: int, symmetric: bool, clip_searc
         # (a Python-scalar divisor may become a multiplication by its reciprocal).
         return torch.tensor(v, dtype=torch.float32, device=dev)
 
+    lo = x.amin(dim=-1, keepdim=True)
     if symmetric:
         half = 2.0 ** (bits - 1)
         m = x.gather(-1, x.abs().argmax(dim=-1, keepdim=True))  # first on ties
     else:
         qmax = f32(2**bits - 1)
-        lo = x.amin(dim=-1, keepdim=True)
         hi = x.amax(dim=-1, keepdim=True)
 
     def at_ratio(r):
-        """The groups dequantized at clipping ratio r (a 0-dim fp32 tensor)."""
+        """(y, scale, zero, special) at clipping ratio r (a 0-dim fp32 tensor)."""
         if symmetric:
             d = ((m * r) / f32(-half)).to(torch.float16).to(torch.float32)
             if bool(torch.isinf(d).any()):
@@ -185,17 +198,17 @@ def _reference(torch, w, bits: int, group_size: int, symmetric: bool, clip_searc
             d = torch.where(zero, f32(1.0), d)
             q = torch.clamp(torch.round(x / d), -half, half - 1)
             y = q * d + 0.0  # + 0.0: zeros are +0.0
-            return torch.where(zero, f32(0.0), y)
+            return torch.where(zero, f32(0.0), y), torch.where(zero, f32(0.0), d), None, zero
         lor, hir = lo * r, hi * r
         s = ((hir - lor) / qmax).to(torch.float16).to(torch.float32)
         if bool(torch.isinf(s).any()):
             raise ValueError(_OVERFLOW)
         same = s == 0
-        s = torch.where(same, f32(1.0), s)
-        z = torch.clamp(torch.round(-lor / s), 0, 2**bits - 1)
-        q = torch.clamp(torch.round(x / s) + z, 0, 2**bits - 1)
-        y = (q - z) * s + 0.0
-        return torch.where(same, x, y)
+        s1 = torch.where(same, f32(1.0), s)
+        z = torch.clamp(torch.round(-lor / s1), 0, 2**bits - 1)
+        q = torch.clamp(torch.round(x / s1) + z, 0, 2**bits - 1)
+        y = (q - z) * s1 + 0.0
+        return torch.where(same, x, y), torch.where(same, f32(0.0), s), z, same
 
     best = at_ratio(f32(1.0))
     if clip_search:
@@ -205,11 +218,14 @@ def _reference(torch, w, bits: int, group_size: int, symmetric: bool, clip_searc
             e = (y - x).to(torch.float64)  # the fp32 difference, squared in float64
             return (e * e * maskd).sum(dim=-1, keepdim=True)
 
-        best_err = error(best)
+        best_err = error(best[0])
         for k in range(1, _N_RATIOS):
-            y = at_ratio(f32(1.0 - k / 20.0))
-            err = error(y)
+            cand = at_ratio(f32(1.0 - k / 20.0))
+            err = error(cand[0])
             better = err < best_err  # strict: the largest ratio wins ties
-            best = torch.where(better, y, best)
+            best = tuple(
+                None if b is None else torch.where(better, c, b) for c, b in zip(cand, best)
+            )
             best_err = torch.where(better, err, best_err)
-    return best.reshape(rows, ng * g)[:, :cols].to(w.dtype).contiguous()
+    y, scale, zero, special = best
+    return {"x": x, "y": y, "scale": scale, "zero": zero, "special": special, "lo": lo}
