@@ -127,6 +127,16 @@ def resolve(model, plan: Plan) -> list[_Target]:
             f"the plan was made for a model with {n_blocks_plan} blocks; this "
             f"{type(model).__name__} has {len(stack)} in {blocks_prefix!r}"
         )
+    layer_units = [
+        u["name"]
+        for u in data["units"]
+        if not u.get("modules") and re.fullmatch(r"layer_\d+", u["name"])
+    ]
+    if layer_units and len(layer_units) != len(stack):  # original EMPAS plans: one per block
+        raise PlanMismatchError(
+            f"the plan has {len(layer_units)} block units (layer_<i>); this "
+            f"{type(model).__name__} has {len(stack)} blocks in {blocks_prefix!r}"
+        )
     targets: list[_Target] = []
     seen: dict[str, str] = {}
     for u in data["units"]:
@@ -164,7 +174,7 @@ def resolve(model, plan: Plan) -> list[_Target]:
                 raise PlanMismatchError(f"unit {name!r}: module {k!r} has no 2-D weight")
         params = u.get("params")
         distinct = {m.weight.data_ptr(): m.weight.numel() for m in members}
-        if params is not None and int(params) != sum(distinct.values()):
+        if params and int(params) != sum(distinct.values()):  # 0/None: not recorded
             raise PlanMismatchError(
                 f"unit {name!r}: the plan counts {int(params):,} parameters, the model's modules "
                 f"have {sum(distinct.values()):,} (a plan for another model?)"

@@ -1,5 +1,7 @@
 """Command line: ``empas profile MODEL --calib FILE -o profile.json``,
-``empas search PROFILE -o OUTDIR [--budget 8GB] ...``, ``empas info FILE``.
+``empas search PROFILE -o OUTDIR [--budget 8GB] ...``, ``empas verify MODEL
+--plans ... -o report.json``, ``empas export PLAN --format ... -o OUT``,
+``empas info FILE``.
 
 Exit codes: 0 success; 2 bad input (usage, malformed files, impossible budget);
 1 unexpected internal error."""
@@ -17,6 +19,10 @@ examples:
   empas info example:tinyllama
   empas profile path/to/model --calib calib.txt -o profile.json --units sublayer
   empas profile example:tiny-llama -o tiny.json --bits 0,2,3,4,8 --estimate
+  empas verify example:tiny-llama --profile tiny.json --plans out/plans -o verify.json
+  empas verify MODEL --eval held_out.txt --plans a.json b.json --fidelity 30 -o v.json
+  empas export out/plans/balanced.json --format packed --model MODEL -o ckpt/
+  empas export out/plans/balanced.json --format llama.cpp -o tensor_types.txt
 """
 
 
@@ -100,6 +106,71 @@ def _parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.add_argument("--force", action="store_true", help="overwrite the output file")
+
+    v = sub.add_parser(
+        "verify",
+        help="measure plans and uniform baselines on the real model (held-out text)",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    v.add_argument("model", help="a local HuggingFace model directory, or example:tiny-llama")
+    v.add_argument(
+        "--plans",
+        nargs="+",
+        default=[],
+        help="plan files, or directories of plan files (e.g. a search's OUT/plans)",
+    )
+    v.add_argument("--profile", help="the profile the plans came from (predicted deltas)")
+    v.add_argument(
+        "--eval", help="held-out text file (default for example:tiny-llama: its eval split)"
+    )
+    v.add_argument("-o", "--out", required=True, help="report JSON to write")
+    v.add_argument("--mode", choices=["packed", "fake"], default="packed")
+    v.add_argument("--baselines", default="16,8,4,3,2", help="uniform baselines (bits)")
+    v.add_argument("--seq-len", type=int, default=256)
+    v.add_argument("--stride", type=int, help="sliding-window stride (default: seq-len / 2)")
+    v.add_argument("--max-tokens", type=int, help="cap on evaluation tokens")
+    v.add_argument("--batch-size", type=int, default=8)
+    v.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    v.add_argument("--memory", action="store_true", help="measure loaded memory per plan")
+    v.add_argument(
+        "--fidelity", type=int, default=0, metavar="N", help="also measure N random plans"
+    )
+    v.add_argument("--plot", help="write the predicted-vs-measured plot (PNG) here")
+    v.add_argument("--quiet", action="store_true", help="no progress bars")
+    v.add_argument("--force", action="store_true", help="overwrite the output files")
+
+    e = sub.add_parser(
+        "export",
+        help="export a plan: packed checkpoint, llama.cpp, GPTQModel, HQQ, original EMPAS",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    e.add_argument("plan", help="an empas.plan/1 file (or original EMPAS artifact)")
+    e.add_argument(
+        "--format",
+        required=True,
+        choices=["packed", "llama.cpp", "gptqmodel", "hqq", "empas-original", "plan"],
+    )
+    e.add_argument("--model", help="packed: the model to quantize (or example:tiny-llama)")
+    e.add_argument("-o", "--out", required=True, help="output file (a directory for packed)")
+    e.add_argument(
+        "--round-up",
+        action="store_true",
+        help="llama.cpp/GPTQModel/HQQ: round bits the runtime lacks up to the next it has",
+    )
+    e.add_argument(
+        "--allow-approx",
+        action="store_true",
+        help="hqq: one precision per linear tag, the widest of the plan's (reports what changed)",
+    )
+    e.add_argument(
+        "--layers-prefix",
+        metavar="PREFIX",
+        help="plans of whole blocks without module names (original EMPAS layer_<i>): expand "
+        "block i to PREFIX.<i>.<Llama linears>, e.g. model.layers",
+    )
+    e.add_argument("--force", action="store_true", help="overwrite the output")
 
     i = sub.add_parser("info", help="describe a profile or plan file")
     i.add_argument("path")
@@ -212,6 +283,160 @@ def _cmd_profile(a: argparse.Namespace) -> int:
     return 0
 
 
+def _model_arg(model: str):
+    import empas
+
+    if model == "example:tiny-llama":
+        return empas.models.tiny_llama()
+    if model.startswith("example:"):
+        raise ValueError(f"unknown example model {model!r}; the example is example:tiny-llama")
+    return model
+
+
+def _plan_files(items: list[str]) -> list:
+    from pathlib import Path
+
+    out = []
+    for it in items:
+        p = Path(it)
+        if p.is_dir():
+            files = sorted(p.glob("*.json"))
+            if not files:
+                raise ValueError(f"{p} holds no plan files (*.json)")
+            out.extend(files)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"plan file not found: {p}")
+    return out
+
+
+def _cmd_verify(a: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    import empas
+    from empas.verify import _clean, fidelity, verify
+
+    out = Path(a.out)
+    for f in [out] + ([Path(a.plot)] if a.plot else []):
+        if f.exists() and not a.force:
+            raise FileExistsError(f"{f} exists; pass --force to overwrite it")
+    try:
+        baselines = [int(b) for b in a.baselines.split(",") if b.strip()]
+    except ValueError:
+        raise ValueError(f"--baselines expects comma-separated bits, got {a.baselines!r}") from None
+    model = _model_arg(a.model)
+    ev = a.eval
+    if ev is None:
+        if a.model != "example:tiny-llama":
+            raise ValueError("--eval FILE is required (held-out text, not the calibration text)")
+        ev = empas.models.corpus("eval")
+    plans = {}
+    for f in _plan_files(a.plans):
+        p = empas.load_plan(f)
+        plans[p.archetype or f.stem] = p
+    prof = empas.load_profile(a.profile) if a.profile else None
+    if not plans and prof is None:
+        raise ValueError("give --plans and/or --profile (for the uniform baselines)")
+    kw = dict(
+        seq_len=a.seq_len,
+        stride=a.stride,
+        max_tokens=a.max_tokens,
+        batch_size=a.batch_size,
+        device=a.device,
+        progress=not a.quiet,
+    )
+    rep = verify(
+        model,
+        plans or None,
+        ev,
+        profile=prof,
+        baselines=baselines,
+        mode=a.mode,
+        memory=a.memory,
+        **kw,
+    )
+    print(rep.table())
+    doc = rep.to_dict()
+    if "uniform-int4" in [r["name"] for r in rep.rows] and "uniform-fp16" in [
+        r["name"] for r in rep.rows
+    ]:
+        for name in plans:
+            h = rep.honesty(name)
+            if h["plan_bytes"] <= h["int4_bytes"]:
+                print(h["verdict"])
+    if a.fidelity:
+        if prof is None:
+            raise ValueError("--fidelity needs --profile")
+        fid = fidelity(model, prof, ev, n_random=a.fidelity, front=list(plans.values()), **kw)
+        print(fid)
+        doc["fidelity"] = fid.to_dict()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    empas._native.core().write_file_atomic(str(out), json.dumps(_clean(doc), indent=2) + "\n")
+    if a.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        ax = rep.plot()
+        ax.figure.savefig(a.plot, dpi=120, bbox_inches="tight")
+        print(f"wrote {a.plot}")
+    print(f"wrote {out}")
+    return 0
+
+
+def _cmd_export(a: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import empas
+
+    plan = empas.load_plan(a.plan)
+    out = Path(a.out)
+    if out.exists() and not a.force:
+        raise FileExistsError(f"{out} exists; pass --force to overwrite it")
+    if a.format == "packed":
+        if not a.model:
+            raise ValueError("--format packed needs --model (the model to quantize)")
+        from empas.profiling import _load
+
+        model, tok, _, _ = _load(_model_arg(a.model), "cpu", None)
+        empas.save_quantized(model, plan, out, tokenizer=tok, force=a.force)
+        m = empas.checkpoint.read_manifest(out)
+        print(
+            f"wrote {out}: {m['tensor_bytes']:,} tensor bytes (plan predicted "
+            f"{m['predicted_bytes']:,}) + {m['header_bytes']:,} header bytes"
+        )
+        return 0
+    if a.format == "plan":
+        plan.save(out, overwrite=a.force)
+        print(f"wrote {out}")
+        return 0
+    from empas.export import hqq_fidelity, write_export
+
+    opts = {}
+    runtime = a.format in ("llama.cpp", "gptqmodel", "hqq")
+    if a.round_up and runtime:
+        opts["round_up"] = True
+    if a.layers_prefix:
+        if not runtime:
+            raise ValueError("--layers-prefix applies to llama.cpp, gptqmodel and hqq")
+        opts["model_layers_prefix"] = a.layers_prefix
+    if a.allow_approx:
+        if a.format != "hqq":
+            raise ValueError("--allow-approx applies to --format hqq only")
+        opts["allow_approx"] = True
+    write_export(plan, a.format, out, force=a.force, **opts)
+    if a.format == "hqq":
+        fid = hqq_fidelity(plan, round_up=a.round_up, model_layers_prefix=a.layers_prefix)
+        if not fid["exact"]:
+            print(
+                f"note: HQQ sets one precision per linear tag: {fid['modules_changed']} of "
+                f"{fid['modules']} modules get wider bits than the plan gives them"
+            )
+    print(f"wrote {out}")
+    return 0
+
+
 def _cmd_info(a: argparse.Namespace) -> int:
     import json
     from pathlib import Path
@@ -245,6 +470,10 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_info(args)
         if args.command == "profile":
             return _cmd_profile(args)
+        if args.command == "verify":
+            return _cmd_verify(args)
+        if args.command == "export":
+            return _cmd_export(args)
     except (ValueError, OSError, ImportError) as exc:  # OSError: missing file, directory...
         print(f"empas {args.command}: error: {exc}", file=sys.stderr)
         return 2
