@@ -64,8 +64,9 @@ def corpus(split: str | None = None) -> tuple[list[str], list[str]] | list[str]:
 class TinyLlamaConfig:
     """Shape and training of the offline model (Llama layout, GQA like TinyLlama).
 
-    Defaults: 6 blocks, hidden 192, ~3.9M parameters; trains in about a minute
-    on 2 CPU cores."""
+    Defaults: 6 blocks, hidden 192, ~3.9M parameters, 1200 steps (eval loss ~2.25;
+    trained long enough that its blocks are load-bearing: uniform int2 costs +0.64
+    loss, int4 +0.018); trains in about 5 minutes on 2 CPU cores, once (cached)."""
 
     n_layers: int = 6
     hidden: int = 192
@@ -76,7 +77,7 @@ class TinyLlamaConfig:
     max_positions: int = 512
     seq_len: int = 128
     batch_size: int = 16
-    steps: int = 300
+    steps: int = 1200
     lr: float = 3e-3
     seed: int = 0
 

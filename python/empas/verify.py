@@ -804,6 +804,7 @@ def fidelity(
     *,
     n_random: int = 30,
     front=None,
+    max_front: int | None = 30,
     seed: int = 0,
     include_drop: bool = False,
     progress: bool = True,
@@ -811,13 +812,17 @@ def fidelity(
 ) -> FidelityReport:
     """Rank correlation (Spearman, Kendall) and mean error between predicted and
     measured Δloss over ``n_random`` random plans (:func:`random_plans`) plus the
-    plans of ``front`` (a SearchResult or a list of plans). Measures with
+    plans of ``front`` (a SearchResult or a list of plans; at most ``max_front`` of
+    them, evenly spread). Measures with
     ``mode="fake"`` by default (same weights as packed, faster). Extra keywords
     (seq_len, stride, max_tokens, batch_size, tokenizer, device, mode, loss) as
     for :func:`verify`."""
     v = _verifier(model, eval_text, profile, kw)
     plans = random_plans(v.profile, n_random, seed, include_drop)
     fplans = list(front.front) if hasattr(front, "front") else list(front or [])
+    if max_front is not None and len(fplans) > max_front:  # evenly spread over the front
+        keep = np.unique(np.linspace(0, len(fplans) - 1, max_front).round().astype(int))
+        fplans = [fplans[i] for i in keep]
     for p in fplans:
         p.archetype = p.archetype or "front"
     rows = _measure_plans(v, plans + [_as_plan(p) for p in fplans], progress, "fidelity")
