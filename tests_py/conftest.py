@@ -116,7 +116,7 @@ def small_profile_dict():
 
 TINY_TEST_MODEL = dict(
     n_layers=4, hidden=64, intermediate=176, heads=4, kv_heads=2, vocab=512,
-    max_positions=256, seq_len=64, batch_size=8, steps=400, lr=1e-2,
+    max_positions=64, seq_len=64, batch_size=8, steps=400, lr=1e-2,
 )  # fmt: skip
 
 

@@ -12,7 +12,8 @@ compares with what the additive proxy predicted::
 Losses:
 
 * ``causal_lm``: token-level cross-entropy over the evaluation token stream with a
-  sliding window of ``seq_len`` tokens moved by ``stride`` (default ``seq_len //
+  sliding window of ``seq_len`` tokens (default: min(256, the model's context))
+  moved by ``stride`` (default ``seq_len //
   2``): each window scores only the tokens the previous one did not, so every
   token after the first is scored once, with at least ``seq_len - stride`` tokens
   of context (``stride = seq_len``: disjoint windows, whose first tokens go
@@ -481,6 +482,14 @@ class _Verifier:
             clip_search = bool(src.get("clip_search", False))
         self.clip_search = clip_search
         self.mode = mode
+        cfg = getattr(self.model, "config", None)
+        ctx = None
+        for attr in ("max_position_embeddings", "n_positions"):
+            ctx = ctx or getattr(cfg, attr, None)
+        if seq_len is None:
+            seq_len = min(256, int(ctx)) if ctx else 256
+        elif ctx and seq_len > ctx:
+            raise ValueError(f"seq_len={seq_len} exceeds the model's context of {ctx} tokens")
         self.data = _eval_data(
             eval_text, self.tokenizer, loss, seq_len, stride, max_tokens, batch_size
         )
@@ -542,7 +551,7 @@ def verify(
     baselines: Sequence[int] = BASELINE_BITS,
     budget_plan: bool = True,
     loss: str | None = None,
-    seq_len: int = 256,
+    seq_len: int | None = None,
     stride: int | None = None,
     max_tokens: int | None = None,
     batch_size: int = 8,
@@ -787,7 +796,7 @@ def _verifier(model, eval_text, profile, kw) -> _Verifier:
         tokenizer=kw.get("tokenizer"),
         profile=profile,
         loss=kw.get("loss"),
-        seq_len=kw.get("seq_len", 256),
+        seq_len=kw.get("seq_len"),
         stride=kw.get("stride"),
         max_tokens=kw.get("max_tokens"),
         batch_size=kw.get("batch_size", 8),
