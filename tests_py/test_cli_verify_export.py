@@ -57,6 +57,9 @@ def test_verify_writes_report_and_plot(searched, eval_file, tiny_model_path, tmp
         < rows["uniform-fp16"]["bytes"]
     )
     assert rows["balanced"]["pred_loss"] is not None
+    # the honesty check: the best plan within int4's bytes, measured against it
+    assert rows["best_under_int4"]["pred_bytes"] <= rows["uniform-int4"]["pred_bytes"]
+    assert doc["honesty"]["plan"] == "best_under_int4" and "int4" in doc["honesty"]["verdict"]
     assert png.read_bytes()[:4] == b"\x89PNG"
 
     before = rep.read_bytes()  # no overwrite without --force: exit 2, file untouched

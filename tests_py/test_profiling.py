@@ -284,6 +284,25 @@ def test_cli_profile(tiny_model_path, calib_texts, tmp_path, capsys):
     assert not (tmp_path / "x.json").exists()
 
 
+def test_cli_profile_stale_checkpoint(tiny_model_path, calib_texts, tmp_path, capsys):
+    """A checkpoint of another run (here: other seq_len) is refused, naming what
+    differs; --force starts over and replaces it."""
+    from empas.cli import main
+
+    calib = tmp_path / "calib.txt"
+    calib.write_text("\n\n".join(calib_texts[:10]))
+    ck = tmp_path / "ck.json"
+    args = ["profile", str(tiny_model_path), "--calib", str(calib), "--bits", "2", "--quiet"]
+    args += ["--n-tokens", "256", "--checkpoint", str(ck), "-o"]
+    assert main(args + [str(tmp_path / "a.json"), "--seq-len", "64"]) == 0
+    first = ck.read_text()
+    assert main(args + [str(tmp_path / "b.json"), "--seq-len", "32"]) == 2
+    err = capsys.readouterr().err
+    assert "different run" in err and "--force" in err and ck.read_text() == first
+    assert main(args + [str(tmp_path / "b.json"), "--seq-len", "32", "--force"]) == 0
+    assert "starting over" in capsys.readouterr().err and ck.read_text() != first
+
+
 def test_dataset_like_calibration(tiny_model_path, calib_texts):
     class FakeDataset:  # the duck type of datasets.Dataset that profile() reads
         column_names = ["text", "id"]

@@ -41,6 +41,12 @@ __all__ = ["estimate_sensitivity", "profile", "rank_correlation"]
 LOSSES = ("causal_lm", "kl", "embedding")
 UNIT_MODES = ("block", "sublayer", "linear")
 CHECKPOINT_FORMAT = "empas.profile-checkpoint/1"
+
+
+class StaleCheckpointError(FormatError):
+    """A profile checkpoint written for another model, text or settings."""
+
+
 _DEFAULT_SEQUENCES = 32
 
 
@@ -689,7 +695,7 @@ class _Checkpoint:
         old = doc.get("key", {})
         for k, v in self.key.items():
             if old.get(k) != v:
-                raise FormatError(
+                raise StaleCheckpointError(
                     f"checkpoint {self.path} was written for a different run: {k} differs "
                     f"(checkpoint: {old.get(k)!r}, now: {v!r}); delete it or choose another path"
                 )
