@@ -31,6 +31,14 @@ req=requirements.txt
 [ $dev = 1 ] && req=requirements-dev.txt
 echo "[setup] installing Python packages from $req"
 .venv/bin/python -m pip install -q --disable-pip-version-check -r "$req"
+if [ $dev = 1 ] && ! cmp -s requirements-hqq.txt .venv/hqq/requirements-hqq.txt; then
+  # hqq apart from .venv (see requirements-hqq.txt); only the HQQ export test uses it
+  echo "[setup] installing hqq into .venv/hqq"
+  rm -rf .venv/hqq
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps \
+    --target .venv/hqq -r requirements-hqq.txt
+  cp requirements-hqq.txt .venv/hqq/
+fi
 echo "[setup] building and installing empas"
 # No build isolation: the extension is built against the packages in .venv
 # (and, later, the torch that runs it). build/<wheel tag> is reused.

@@ -21,7 +21,7 @@ Checking plans on the real model, and exporting them:
 
 from __future__ import annotations
 
-from . import models
+from . import export, models, packing
 from ._native import build_info
 from .apply import PlanMismatchError, applied, apply
 from .checkpoint import CheckpointError, load_quantized, save_quantized
@@ -53,6 +53,7 @@ __all__ = [
     "applied",
     "build_info",
     "estimate_sensitivity",
+    "export",
     "example_profile",
     "fake_quant",
     "fidelity",
@@ -62,6 +63,7 @@ __all__ = [
     "load_quantized",
     "load_profile",
     "models",
+    "packing",
     "parse_size",
     "profile",
     "rank_correlation",
