@@ -303,24 +303,12 @@ def _apply(model, plan: Plan, mode: str, clip_search: bool, undo: _Undo | None) 
 
 
 def _fake(m, bits: int, qs: QuantSpec, clip_search: bool, undo: _Undo | None) -> None:
-    import torch
-
-    from .quant import fake_quant
+    from .quant import _fake_quant_module_
 
     w = m.weight.data
     if undo is not None and undo.save_weights:
         undo.weights.append((w, w.clone()))
-    if bits == 16:
-        w.copy_(w.to(torch.float16).to(w.dtype))
-    else:
-        fake_quant(
-            m.view2d(),
-            bits,
-            group_size=qs.group_size,
-            symmetric=qs.symmetric,
-            clip_search=clip_search,
-            inplace=True,
-        )
+    _fake_quant_module_(m, bits, qs.group_size, qs.symmetric, clip_search)
 
 
 def _pack(model, m, bits: int, qs: QuantSpec, clip_search: bool, undo: _Undo | None) -> None:

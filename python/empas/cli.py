@@ -241,14 +241,10 @@ def _cmd_profile(a: argparse.Namespace) -> int:
         bits = [int(b) for b in a.bits.split(",")]
     except ValueError:
         raise ValueError(f"--bits expects comma-separated integers, got {a.bits!r}") from None
-    model = a.model
+    model = _model_arg(a.model)
     calib = a.calib
-    if model == "example:tiny-llama":
-        model = empas.models.tiny_llama()
-        if calib is None:
-            calib = empas.models.corpus("train")
-    elif model.startswith("example:"):
-        raise ValueError(f"unknown example model {model!r}; the example is example:tiny-llama")
+    if a.model == "example:tiny-llama" and calib is None:
+        calib = empas.models.corpus("train")
     if calib is None:
         raise ValueError("--calib FILE is required (a text file of calibration text)")
     kw = dict(

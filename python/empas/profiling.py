@@ -34,6 +34,7 @@ import numpy as np
 
 from .errors import FormatError
 from .qformats import choice_formats
+from .quant import _fake_quant_module_
 from .sensitivity import Profile
 
 __all__ = ["estimate_sensitivity", "profile", "rank_correlation"]
@@ -545,20 +546,7 @@ def _apply(spec: _UnitSpec, bits: int, qs: _QuantSettings, blocks, runner) -> Ca
         for m in _distinct(spec.members):  # a tied tensor is quantized once
             w = m.weight.data
             saved.append((w, w.clone()))
-            with torch.no_grad():
-                if bits == 16:
-                    w.copy_(w.to(torch.float16).to(w.dtype))
-                else:
-                    from .quant import fake_quant
-
-                    fake_quant(
-                        m.view2d(),
-                        bits,
-                        group_size=qs.group_size,
-                        symmetric=qs.symmetric,
-                        clip_search=qs.clip_search,
-                        inplace=True,
-                    )
+            _fake_quant_module_(m, bits, qs.group_size, qs.symmetric, qs.clip_search)
     except BaseException:
         for w, orig in saved:
             w.copy_(orig)

@@ -229,3 +229,23 @@ def _quantize_groups(torch, w, bits: int, group_size: int, symmetric: bool, clip
             best_err = torch.where(better, err, best_err)
     y, scale, zero, special = best
     return {"x": x, "y": y, "scale": scale, "zero": zero, "special": special, "lo": lo}
+
+
+def _fake_quant_module_(m, bits: int, group_size: int, symmetric: bool, clip_search: bool):
+    """Quantize-dequantizes a member's weight in place (``m.weight``, ``m.view2d()``:
+    the [out, in] view); 16 bits rounds it to fp16 and back."""
+    import torch
+
+    w = m.weight.data
+    with torch.no_grad():
+        if bits == 16:
+            w.copy_(w.to(torch.float16).to(w.dtype))
+        else:
+            fake_quant(
+                m.view2d(),
+                bits,
+                group_size=group_size,
+                symmetric=symmetric,
+                clip_search=clip_search,
+                inplace=True,
+            )

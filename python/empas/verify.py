@@ -71,25 +71,13 @@ BASELINE_BITS = (16, 8, 4, 3, 2)
 # ----------------------------------------------------------------------------
 
 
-def _ranks(x: np.ndarray) -> np.ndarray:
-    order = np.argsort(x, kind="mergesort")
-    r = np.empty(len(x), dtype=float)
-    xs = x[order]
-    i = 0
-    while i < len(x):  # average ranks of ties
-        j = i
-        while j + 1 < len(x) and xs[j + 1] == xs[i]:
-            j += 1
-        r[order[i : j + 1]] = (i + j) / 2.0
-        i = j + 1
-    return r
-
-
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:
     """Spearman's ρ (Pearson correlation of average ranks); nan if either is constant."""
     a, b = np.asarray(a, float), np.asarray(b, float)
     if len(a) != len(b) or len(a) < 3:
         raise ValueError(f"need two sequences of equal length >= 3, got {len(a)} and {len(b)}")
+    from .profiling import _ranks
+
     ra, rb = _ranks(a), _ranks(b)
     ra -= ra.mean()
     rb -= rb.mean()

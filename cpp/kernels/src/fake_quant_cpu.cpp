@@ -197,13 +197,7 @@ Status run(const T* in, T* out, int64_t rows, int64_t cols, const FakeQuantParam
   if (p.bits < 2 || p.bits > 8) return Status::kBadBits;
   if (rows < 0 || cols < 0) return Status::kBadShape;
   if (rows == 0 || cols == 0) return Status::kOk;
-  Cfg c;
-  c.bits = p.bits;
-  c.symmetric = p.symmetric;
-  c.clip = p.clip_search;
-  c.cols = cols;
-  c.gs = effective_group_size(p.group_size, cols);
-  c.groups = (cols + c.gs - 1) / c.gs;
+  const Cfg c = make_cfg(p, cols);
   const int64_t total = rows * c.groups;
   const GroupsFn<T> fn = pick<T>();
 

@@ -85,6 +85,18 @@ struct Cfg {
   int64_t groups;  // groups per row
 };
 
+/// The per-row group layout of a [rows, cols] weight under p.
+inline Cfg make_cfg(const FakeQuantParams& p, int64_t cols) {
+  Cfg c;
+  c.bits = p.bits;
+  c.symmetric = p.symmetric;
+  c.clip = p.clip_search;
+  c.cols = cols;
+  c.gs = effective_group_size(p.group_size, cols);
+  c.groups = (cols + c.gs - 1) / c.gs;
+  return c;
+}
+
 /// Scale and bounds for ratio r. Returns false on fp16 scale overflow.
 EMPAS_INLINE bool make_q(const Cfg& c, float m, float lo, float hi, float r, GroupQ* g) {
   if (c.symmetric) {

@@ -106,13 +106,7 @@ Status pack_rows(const T* in, const Cfg& c, int64_t r0, int64_t r1, uint8_t* qwe
 template <class T>
 Status pack_run(const T* in, int64_t rows, int64_t cols, const FakeQuantParams& p, uint8_t* qweight,
                 Half* scales, uint8_t* zeros) {
-  Cfg c;
-  c.bits = p.bits;
-  c.symmetric = p.symmetric;
-  c.clip = p.clip_search;
-  c.cols = cols;
-  c.gs = effective_group_size(p.group_size, cols);
-  c.groups = num_groups(cols, p.group_size);
+  const Cfg c = make_cfg(p, cols);
   // Rows come in blocks of k, the fewest rows whose bits fill whole bytes, so
   // that each thread's share of the stream starts on a byte boundary and no two
   // threads write the same byte.
