@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "empas/kernels/fake_quant.hpp"
+#include "kernel_test_util.hpp"
 
 using namespace empas::kernels;
 
@@ -103,24 +104,8 @@ std::vector<float> run(const std::vector<float>& w, int64_t rows, int64_t cols, 
   return out;
 }
 
-FakeQuantParams params(int bits, int64_t g, bool sym, bool clip = false) {
-  FakeQuantParams p;
-  p.bits = bits;
-  p.group_size = g;
-  p.symmetric = sym;
-  p.clip_search = clip;
-  return p;
-}
-
-// Weights like a linear layer's: normal, scaled, with a few outliers.
-std::vector<float> random_weights(size_t n, uint32_t seed) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<float> nd(0.0f, 0.02f);
-  std::vector<float> w(n);
-  for (auto& v : w) v = nd(gen);
-  for (size_t i = 0; i < n; i += 97) w[i] *= 8.0f;
-  return w;
-}
+using test_util::params;
+using test_util::random_weights;
 
 void expect_bits_equal(const std::vector<float>& a, const std::vector<float>& b) {
   ASSERT_EQ(a.size(), b.size());

@@ -12,29 +12,16 @@
 
 #include "empas/kernels/fake_quant.hpp"
 #include "empas/kernels/pack.hpp"
+#include "kernel_test_util.hpp"
 
 using namespace empas::kernels;
 
 namespace {
 
-FakeQuantParams params(int bits, int64_t g, bool sym, bool clip = false, int threads = 0) {
-  FakeQuantParams p;
-  p.bits = bits;
-  p.group_size = g;
-  p.symmetric = sym;
-  p.clip_search = clip;
-  p.num_threads = threads;
-  return p;
-}
+using test_util::params;
 
 std::vector<float> random_weights(size_t n, uint32_t seed) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<float> nd(0.0f, 0.02f);
-  std::vector<float> w(n);
-  for (auto& v : w) v = nd(gen);
-  for (size_t i = 0; i < n; i += 97) w[i] *= 8.0f;
-  if (n > 1) w[n - 1] = -w[0];  // equal magnitudes of both signs
-  return w;
+  return test_util::random_weights(n, seed, /*mirror_last=*/true);
 }
 
 struct Packed {
