@@ -163,3 +163,12 @@ def test_export_original_plan_needs_layers_prefix(tmp_path, capsys):
     args = ["export", str(orig), "--format", "llama.cpp", "-o", str(dest)]
     assert main(args + ["--layers-prefix", "model.layers"]) == 0
     assert len(dest.read_text().splitlines()) == 22 * 7
+
+
+def test_verify_missing_eval_file(searched, tiny_model_path, tmp_path, capsys):
+    _, out = searched
+    args = ["verify", str(tiny_model_path), "--plans", str(out / "plans")]
+    args += ["--eval", str(tmp_path / "none.txt"), "-o", str(tmp_path / "v.json")]
+    assert main(args + FAST) == 2
+    assert "eval text file" in capsys.readouterr().err
+    assert not (tmp_path / "v.json").exists()

@@ -249,26 +249,26 @@ def _build_units(model, units, embeddings: bool, head: bool):
 # ----------------------------------------------------------------------------
 
 
-def _texts_from(calibration) -> tuple[list[str], str]:
+def _texts_from(calibration, what: str = "calibration") -> tuple[list[str], str]:
     if isinstance(calibration, (str, os.PathLike)):
         p = Path(calibration)
         if not p.is_file():
             raise FileNotFoundError(
-                f"calibration file {str(p)!r} not found (pass a text file, a list of strings, "
+                f"{what} file {str(p)!r} not found (pass a text file, a list of strings, "
                 "a token tensor or a datasets.Dataset)"
             )
         return [p.read_text(encoding="utf-8", errors="replace")], f"file:{p}"
     if hasattr(calibration, "column_names") and hasattr(calibration, "__getitem__"):
         cols = list(calibration.column_names)
         if "text" not in cols:
-            raise ValueError(f"calibration dataset has no 'text' column (columns: {cols})")
+            raise ValueError(f"{what} dataset has no 'text' column (columns: {cols})")
         return [str(t) for t in calibration["text"]], "datasets.Dataset"
     if isinstance(calibration, Sequence) and all(isinstance(t, str) for t in calibration):
         if len(calibration) == 0:
-            raise ValueError("calibration is an empty list of strings")
+            raise ValueError(f"{what} is an empty list of strings")
         return list(calibration), f"list[str] ({len(calibration)} texts)"
     raise TypeError(
-        "calibration must be a path to a text file, a list of strings, a token tensor or a "
+        f"{what} must be a path to a text file, a list of strings, a token tensor or a "
         f"datasets.Dataset, got {type(calibration).__name__}"
     )
 

@@ -130,7 +130,7 @@ def _eval_data(eval_text, tokenizer, kind, seq_len, stride, max_tokens, batch_si
             raise TypeError(f"an eval tensor holds token ids (int64), got {eval_text.dtype}")
         stream, source = eval_text.reshape(-1).long(), f"tensor [{eval_text.numel()}]"
     else:
-        texts, source = _texts_from(eval_text)
+        texts, source = _texts_from(eval_text, "eval text")
         if tokenizer is None:
             raise ValueError("text evaluation needs a tokenizer (tokenizer=...)")
         stream = _encode_stream(texts, tokenizer)
