@@ -16,6 +16,8 @@ import empas  # noqa: E402
 from empas import _native  # noqa: E402
 from empas.quant import fake_quant, fake_quant_reference  # noqa: E402
 
+from .weights_util import same_bits, weights  # noqa: E402
+
 if not empas.build_info()["torch_ops"]:  # a build without torch: nothing to test here
     pytest.skip("this EMPAS build has no torch ops", allow_module_level=True)
 
@@ -23,28 +25,6 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 BITS = range(2, 9)
 SHAPES = [(1, 1), (3, 7), (37, 129), (0, 5), (6, 100)]  # (6, 100): g = 32 does not divide
 GROUPS = [0, 128, 32, -1]  # per channel, 128, 32, per channel
-INT_VIEW = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
-
-
-def weights(shape, dtype, seed=0, device="cpu"):
-    """Like a linear layer's weight: small normal values, a few outliers, a tie."""
-    g = torch.Generator().manual_seed(seed)
-    w = torch.randn(shape, generator=g) * 0.02
-    if w.numel():
-        w.view(-1)[::53] *= 10
-        w.view(-1)[-1] = -w.view(-1)[0]  # equal magnitudes of both signs
-    return w.to(dtype=dtype, device=device)
-
-
-def same_bits(a, b) -> bool:
-    """Bit-identical (so -0.0 != +0.0), same shape and dtype."""
-    return (
-        a.shape == b.shape
-        and a.dtype == b.dtype
-        and torch.equal(
-            a.contiguous().view(INT_VIEW[a.dtype]), b.contiguous().view(INT_VIEW[b.dtype])
-        )
-    )
 
 
 # -- bit-identical to the reference -------------------------------------------------

@@ -20,34 +20,15 @@ from empas.packing import (  # noqa: E402
 )
 from empas.quant import fake_quant  # noqa: E402
 
+from .weights_util import same_bits, weights  # noqa: E402
+
 if not empas.build_info()["torch_ops"]:  # a build without torch: nothing to test here
     pytest.skip("this EMPAS build has no torch ops", allow_module_level=True)
 _native.load_ops()  # the tests call torch.ops.empas.* directly too
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-INT_VIEW = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16}
 # (rows, cols, group_size): 128, 32, per channel (0), and groups not dividing cols
 CASES = [(8, 256, 128), (6, 96, 32), (5, 70, 0), (7, 300, 128), (3, 45, 32), (4, 13, 5)]
-
-
-def weights(shape, dtype=torch.float32, seed=0, device="cpu"):
-    """Like a linear layer's weight: small normal values, a few outliers, a tie."""
-    g = torch.Generator().manual_seed(seed)
-    w = torch.randn(shape, generator=g) * 0.02
-    if w.numel():
-        w.view(-1)[::53] *= 10
-        w.view(-1)[-1] = -w.view(-1)[0]  # equal magnitudes of both signs
-    return w.to(dtype=dtype, device=device)
-
-
-def same_bits(a, b) -> bool:
-    """Bit-identical (so -0.0 != +0.0), same shape and dtype."""
-    if a.shape != b.shape or a.dtype != b.dtype:
-        return False
-    view = INT_VIEW.get(a.dtype)
-    if view is None:
-        return torch.equal(a, b)
-    return torch.equal(a.contiguous().view(view), b.contiguous().view(view))
 
 
 def same_packed(a: PackedWeight, b: PackedWeight) -> bool:
