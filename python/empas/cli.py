@@ -1,10 +1,13 @@
-"""Command line: ``empas profile MODEL --calib FILE -o profile.json``,
-``empas search PROFILE -o OUTDIR [--budget 8GB] ...``, ``empas verify MODEL
---plans ... -o report.json``, ``empas export PLAN --format ... -o OUT``,
-``empas info FILE``.
+"""Command line: ``empas demo | profile | search | verify | export | serve |
+dashboard | info``.
 
-Exit codes: 0 success; 2 bad input (usage, malformed files, impossible budget);
-1 unexpected internal error."""
+Every option can also come from a YAML or TOML file (``--config FILE``; the
+command line wins; see :mod:`empas.config`); ``--print-config`` shows the
+options a command would run with, as YAML, and exits.
+
+Exit codes: 0 success; 2 bad input (usage, config file, malformed or missing
+files, impossible budget, a port in use ...); 130 interrupted (Ctrl-C); 1 an
+unexpected internal error (a bug: the traceback is printed)."""
 
 from __future__ import annotations
 
@@ -13,6 +16,9 @@ import sys
 
 EXAMPLES = """\
 examples:
+  empas demo                                  # the whole pipeline on the offline model
+  empas demo -o out/demo --budget 7MB --memory --force
+  empas demo --config demo.yaml --seed 3      # options from a file; the command line wins
   empas search example:tinyllama -o out/tinyllama
   empas search profile.json -o out --budget 700MB --method exact
   empas search profile.json -o out --pop-size 200 --generations 300 --seed 1 --threads 2
@@ -23,28 +29,138 @@ examples:
   empas verify MODEL --eval held_out.txt --plans a.json b.json --fidelity 30 -o v.json
   empas export out/plans/balanced.json --format packed --model MODEL -o ckpt/
   empas export out/plans/balanced.json --format llama.cpp -o tensor_types.txt
+  empas serve example:tiny-llama --plans out/demo/plans --report out/demo/verify.json
+  empas dashboard out/demo --port 8501
+
+config file (YAML or TOML), e.g. empas.yaml:
+  seed: 1                 # top level: every command that has the option
+  demo:
+    out: out/demo
+    bits: [2, 3, 4, 8]
+    budget: 7MB
+  serve:
+    model: example:tiny-llama
+    plans: [out/demo/plans]
+    port: 8000
+
+exit codes: 0 ok, 2 bad input or usage, 130 interrupted, 1 internal error
 """
 
+# options that must be given (on the command line or in a config file); argparse
+# itself does not enforce them, so that a config file can supply them
+REQUIRED: dict[str, list[str]] = {
+    "search": ["profile", "out"],
+    "profile": ["model", "out"],
+    "verify": ["model", "out"],
+    "export": ["plan", "format", "out"],
+    "serve": ["model"],
+    "info": ["path"],
+}
 
-def _parser() -> argparse.ArgumentParser:
+
+def _comma(action: argparse.Action, kind: str = "int") -> argparse.Action:
+    """Marks an option written as comma-separated text ("2,3,4,8"): a config file
+    may give it as a list (of integers, or of names with kind="str")."""
+    action.comma_list = kind  # type: ignore[attr-defined]
+    return action
+
+
+def _common() -> argparse.ArgumentParser:
+    c = argparse.ArgumentParser(add_help=False)
+    g = c.add_argument_group("config")
+    g.add_argument(
+        "--config",
+        metavar="FILE",
+        help="YAML or TOML file of options (a section per command and/or top-level keys); "
+        "the command line overrides it",
+    )
+    g.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the options this command would run with (YAML) and exit",
+    )
+    return c
+
+
+def _sub(sub, name: str, help: str, parents) -> argparse.ArgumentParser:
+    return sub.add_parser(
+        name,
+        help=help,
+        description=help,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=parents,
+    )
+
+
+def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     p = argparse.ArgumentParser(
         prog="empas",
         description="EMPAS: mixed-precision search for language models.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = p.add_subparsers(dest="command", required=True)
+    from empas import __version__
 
-    s = sub.add_parser(
-        "search",
-        help="search the Pareto front of a sensitivity profile",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p.add_argument("--version", action="version", version=f"empas {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parents = [_common()]
+    subs: dict[str, argparse.ArgumentParser] = {}
+
+    d = subs["demo"] = _sub(
+        sub,
+        "demo",
+        "the whole pipeline in one command: model, profile, search, verify, export, report",
+        parents,
+    )
+    d.add_argument("-o", "--out", default="out/demo", help="output directory (default out/demo)")
+    d.add_argument(
+        "--model",
+        default="example:tiny-llama",
+        help="a local HuggingFace model directory, or example:tiny-llama (default: the "
+        "offline model EMPAS trains once and caches)",
+    )
+    d.add_argument("--calib", help="calibration text file (default: the offline corpus)")
+    d.add_argument("--eval", help="held-out text file (default: the offline corpus' eval pages)")
+    d.add_argument("--units", default="sublayer", choices=["block", "sublayer", "linear"])
+    _comma(d.add_argument("--bits", default="2,3,4,8", help="bit widths (0 = drop a block)"))
+    d.add_argument("--n-tokens", type=int, help="calibration tokens (default 32 sequences)")
+    d.add_argument("--seq-len", type=int, help="tokens per sequence (default: the context)")
+    d.add_argument("--batch-size", type=int, default=4)
+    d.add_argument("--method", choices=["nsga2", "exact"], default="nsga2")
+    d.add_argument("--pop-size", type=int, default=100)
+    d.add_argument("--generations", type=int, default=50)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--threads", type=int, help="search threads (default: all cores)")
+    d.add_argument("--budget", help="memory budget, e.g. 7MB: its best plan is verified too")
+    _comma(d.add_argument("--baselines", default="16,8,4,3,2", help="uniform baselines (bits)"))
+    d.add_argument("--max-eval-tokens", type=int, default=16384, help="held-out tokens (0 = all)")
+    d.add_argument("--memory", action="store_true", help="measure loaded memory per plan")
+    d.add_argument(
+        "--export-plan",
+        help="plan to export (default: best_under_budget with --budget, else balanced)",
+    )
+    _comma(
+        d.add_argument(
+            "--formats",
+            default="packed,llama.cpp,gptqmodel,hqq,empas-original",
+            help="export formats, comma-separated ('' = none)",
+        ),
+        "str",
+    )
+    d.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    d.add_argument("--quiet", action="store_true", help="no progress bars")
+    d.add_argument("--force", action="store_true", help="replace the results of an earlier run")
+
+    s = subs["search"] = _sub(
+        sub, "search", "search the Pareto front of a sensitivity profile", parents
     )
     s.add_argument(
-        "profile", help="empas.sensitivity/1 or original EMPAS JSON, or example:tinyllama"
+        "profile",
+        nargs="?",
+        help="empas.sensitivity/1 or original EMPAS JSON, or example:tinyllama",
     )
-    s.add_argument("-o", "--out", required=True, help="output directory")
+    s.add_argument("-o", "--out", help="output directory (required)")
     s.add_argument("--method", choices=["nsga2", "exact"], default="nsga2")
     s.add_argument("--budget", help="memory budget for the model, e.g. 8GB, 1.5GiB, 700MB")
     s.add_argument("--max-avg-bits", type=float, help="budget on mean bits per weight")
@@ -53,7 +169,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--threads", type=int, help="worker threads (default: all cores)")
     s.add_argument("--latency", action="store_true", help="latency table as third objective")
-    s.add_argument("--bits", help="allowed bit widths, comma-separated, e.g. 2,4,8")
+    _comma(s.add_argument("--bits", help="allowed bit widths, comma-separated, e.g. 2,4,8"))
     s.add_argument("--pin", action="append", default=[], metavar="UNIT=BITS", help="fix a unit")
     s.add_argument("--checkpoint", help="checkpoint file (resumes when it exists)")
     s.add_argument("--resolution", help="exact method: epsilon-grid width, e.g. 1MB")
@@ -67,14 +183,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--progress", action="store_true", help="show a progress bar")
     s.add_argument("--force", action="store_true", help="overwrite existing output files")
 
-    r = sub.add_parser(
+    r = subs["profile"] = _sub(
+        sub,
         "profile",
-        help="measure the sensitivity profile of a model (Δloss per unit and precision)",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "measure the sensitivity profile of a model (Δloss per unit and precision)",
+        parents,
     )
     r.add_argument(
         "model",
+        nargs="?",
         help="a local HuggingFace model directory, or example:tiny-llama (the offline model "
         "EMPAS trains and caches)",
     )
@@ -82,9 +199,13 @@ def _parser() -> argparse.ArgumentParser:
         "--calib",
         help="calibration text file (default for example:tiny-llama: the Python docs corpus)",
     )
-    r.add_argument("-o", "--out", required=True, help="profile JSON to write")
+    r.add_argument("-o", "--out", help="profile JSON to write (required)")
     r.add_argument("--units", default="block", choices=["block", "sublayer", "linear"])
-    r.add_argument("--bits", default="2,3,4,8", help="bit widths (0 = drop block), e.g. 0,2,4,8")
+    _comma(
+        r.add_argument(
+            "--bits", default="2,3,4,8", help="bit widths (0 = drop block), e.g. 0,2,4,8"
+        )
+    )
     r.add_argument("--loss", default="causal_lm", choices=["causal_lm", "kl", "embedding"])
     r.add_argument("--n-tokens", type=int, help="calibration tokens (default 32 sequences)")
     r.add_argument("--seq-len", type=int, help="tokens per sequence")
@@ -111,13 +232,15 @@ def _parser() -> argparse.ArgumentParser:
         help="overwrite the output file (and replace a checkpoint of another run)",
     )
 
-    v = sub.add_parser(
+    v = subs["verify"] = _sub(
+        sub,
         "verify",
-        help="measure plans and uniform baselines on the real model (held-out text)",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "measure plans and uniform baselines on the real model (held-out text)",
+        parents,
     )
-    v.add_argument("model", help="a local HuggingFace model directory, or example:tiny-llama")
+    v.add_argument(
+        "model", nargs="?", help="a local HuggingFace model directory, or example:tiny-llama"
+    )
     v.add_argument(
         "--plans",
         nargs="+",
@@ -128,9 +251,9 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument(
         "--eval", help="held-out text file (default for example:tiny-llama: its eval split)"
     )
-    v.add_argument("-o", "--out", required=True, help="report JSON to write")
+    v.add_argument("-o", "--out", help="report JSON to write (required)")
     v.add_argument("--mode", choices=["packed", "fake"], default="packed")
-    v.add_argument("--baselines", default="16,8,4,3,2", help="uniform baselines (bits)")
+    _comma(v.add_argument("--baselines", default="16,8,4,3,2", help="uniform baselines (bits)"))
     v.add_argument(
         "--seq-len", type=int, help="window length (default: min(256, the model's context))"
     )
@@ -152,20 +275,20 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--quiet", action="store_true", help="no progress bars")
     v.add_argument("--force", action="store_true", help="overwrite the output files")
 
-    e = sub.add_parser(
+    e = subs["export"] = _sub(
+        sub,
         "export",
-        help="export a plan: packed checkpoint, llama.cpp, GPTQModel, HQQ, original EMPAS",
-        epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "export a plan: packed checkpoint, llama.cpp, GPTQModel, HQQ, original EMPAS",
+        parents,
     )
-    e.add_argument("plan", help="an empas.plan/1 file (or original EMPAS artifact)")
+    e.add_argument("plan", nargs="?", help="an empas.plan/1 file (or original EMPAS artifact)")
     e.add_argument(
         "--format",
-        required=True,
         choices=["packed", "llama.cpp", "gptqmodel", "hqq", "empas-original", "plan"],
+        help="required",
     )
     e.add_argument("--model", help="packed: the model to quantize (or example:tiny-llama)")
-    e.add_argument("-o", "--out", required=True, help="output file (a directory for packed)")
+    e.add_argument("-o", "--out", help="output file (a directory for packed; required)")
     e.add_argument(
         "--round-up",
         action="store_true",
@@ -184,9 +307,137 @@ def _parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--force", action="store_true", help="overwrite the output")
 
-    i = sub.add_parser("info", help="describe a profile or plan file")
-    i.add_argument("path")
-    return p
+    sv = subs["serve"] = _sub(
+        sub,
+        "serve",
+        "serve generation over HTTP (FastAPI) with plans applied: POST /generate, GET /plans, "
+        "GET /health, /docs",
+        parents,
+    )
+    sv.add_argument(
+        "model", nargs="?", help="a local HuggingFace model directory, or example:tiny-llama"
+    )
+    sv.add_argument(
+        "--plans",
+        nargs="+",
+        default=[],
+        help="plan files or directories of them (e.g. out/demo/plans); each is held packed",
+    )
+    sv.add_argument("--report", help="an empas verify report: measured metrics for GET /plans")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--default-plan", help="plan used when a request names none")
+    sv.add_argument("--no-fp16", action="store_true", help="do not also serve the fp16 plan")
+    sv.add_argument("--max-prompt-chars", type=int, default=4000)
+    sv.add_argument("--max-prompt-tokens", type=int, help="default: the model's context minus one")
+    sv.add_argument("--max-new-tokens", type=int, default=256, help="cap per request")
+    sv.add_argument("--max-concurrency", type=int, default=2, help="generations at once")
+    sv.add_argument(
+        "--max-queue", type=int, default=8, help="requests waiting beyond that (then 429)"
+    )
+    sv.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    sv.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
+
+    db = subs["dashboard"] = _sub(
+        sub,
+        "dashboard",
+        "explore results in the browser (Streamlit): front, precision maps, budget slider",
+        parents,
+    )
+    db.add_argument(
+        "results",
+        nargs="?",
+        default="out/demo",
+        help="a directory written by empas demo or empas search (default out/demo)",
+    )
+    db.add_argument("--verify", help="an empas verify report (default: RESULTS/verify.json)")
+    db.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    db.add_argument("--port", type=int, default=8501)
+
+    i = subs["info"] = _sub(sub, "info", "describe a profile or plan file", parents)
+    i.add_argument("path", nargs="?")
+    return p, subs
+
+
+def _split(text: str | None, what: str) -> list[int]:
+    if text is None:
+        return []
+    try:
+        return [int(b) for b in str(text).split(",") if b.strip()]
+    except ValueError:
+        raise ValueError(f"{what} expects comma-separated integers, got {text!r}") from None
+
+
+def _cmd_demo(a: argparse.Namespace) -> int:
+    from empas.demo import run_demo
+
+    formats = [f.strip() for f in a.formats.split(",") if f.strip()]
+    res = run_demo(
+        a.out,
+        model=a.model,
+        calib=a.calib,
+        eval_text=a.eval,
+        units=a.units,
+        bits=_split(a.bits, "--bits"),
+        n_tokens=a.n_tokens,
+        seq_len=a.seq_len,
+        batch_size=a.batch_size,
+        method=a.method,
+        pop_size=a.pop_size,
+        generations=a.generations,
+        seed=a.seed,
+        threads=a.threads,
+        budget=a.budget,
+        baselines=_split(a.baselines, "--baselines"),
+        max_eval_tokens=a.max_eval_tokens or None,
+        memory=a.memory,
+        export_plan=a.export_plan,
+        formats=formats,
+        device=a.device,
+        force=a.force,
+        progress=not a.quiet,
+    )
+    print()
+    print(res.text())
+    print()
+    print(f"wrote {res.out}/: report.json, report.md, profile.json, search/, plans/, verify.json")
+    print(f"explore: empas dashboard {res.out}")
+    print(f"serve:   empas serve {a.model} --plans {res.out}/plans --report {res.out}/verify.json")
+    return 0
+
+
+def _cmd_serve(a: argparse.Namespace) -> int:
+    from empas.serve import Limits, run
+
+    plans = _plan_files(a.plans) if a.plans else []
+    limits = Limits(
+        max_prompt_chars=a.max_prompt_chars,
+        max_prompt_tokens=a.max_prompt_tokens,
+        max_new_tokens=a.max_new_tokens,
+        max_concurrency=a.max_concurrency,
+        max_queue=a.max_queue,
+    )
+    model = _model_arg(a.model)
+    return run(
+        model,
+        plans,
+        report=a.report,
+        host=a.host,
+        port=a.port,
+        fp16=not a.no_fp16,
+        default_plan=a.default_plan,
+        limits=limits,
+        device=a.device,
+        log_level=a.log_level,
+    )
+
+
+def _cmd_dashboard(a: argparse.Namespace) -> int:
+    from empas.dashboard import launch
+
+    return launch(a.results, verify=a.verify, host=a.host, port=a.port)
 
 
 def _cmd_search(a: argparse.Namespace) -> int:
@@ -489,21 +740,54 @@ def _cmd_info(a: argparse.Namespace) -> int:
     return 0
 
 
+COMMANDS = {
+    "demo": _cmd_demo,
+    "search": _cmd_search,
+    "info": _cmd_info,
+    "profile": _cmd_profile,
+    "verify": _cmd_verify,
+    "export": _cmd_export,
+    "serve": _cmd_serve,
+    "dashboard": _cmd_dashboard,
+}
+
+
+def _print_config(sub: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    import json
+
+    from empas.config import _actions
+
+    print(f"{a.command}:")
+    for dest in _actions(sub):
+        v = getattr(a, dest, None)
+        print(f"  {dest}: {json.dumps(v)}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser, subs = _parser()
+    args = parser.parse_args(argv)
+    cmd = args.command
     try:
-        if args.command == "search":
-            return _cmd_search(args)
-        if args.command == "info":
-            return _cmd_info(args)
-        if args.command == "profile":
-            return _cmd_profile(args)
-        if args.command == "verify":
-            return _cmd_verify(args)
-        if args.command == "export":
-            return _cmd_export(args)
+        if args.config:
+            from empas.config import apply_config, load_config
+
+            apply_config(parser, subs, cmd, load_config(args.config), args.config)
+            args = parser.parse_args(argv)  # the command line over the file
+        from empas.config import required_missing
+
+        missing = required_missing(subs[cmd], args, REQUIRED.get(cmd, []))
+        if missing:
+            subs[cmd].error(
+                "the following arguments are required: "
+                + ", ".join(missing)
+                + " (on the command line or in a --config file)"
+            )
+        if args.print_config:
+            _print_config(subs[cmd], args)
+            return 0
+        return COMMANDS[cmd](args)
     except (ValueError, OSError, ImportError) as exc:  # OSError: missing file, directory...
-        print(f"empas {args.command}: error: {exc}", file=sys.stderr)
+        print(f"empas {cmd}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         hint = (
@@ -511,9 +795,17 @@ def main(argv: list[str] | None = None) -> int:
             if getattr(args, "checkpoint", None)
             else ""
         )
-        print(f"empas {args.command}: interrupted{hint}", file=sys.stderr)
+        print(f"empas {cmd}: interrupted{hint}", file=sys.stderr)
         return 130
-    return 1
+    except Exception as exc:  # a bug: say so, with the traceback, and exit 1
+        import traceback
+
+        traceback.print_exc()
+        print(
+            f"empas {cmd}: internal error ({type(exc).__name__}: {exc}); please report it",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,433 @@
+"""The whole pipeline in one call: ``empas demo`` / :func:`run_demo`.
+
+model (the offline default, trained once and cached) → profile (Δloss per unit
+and precision, measured) → search (NSGA-II front + the exact front) → verify (the
+archetypes, the best plan within uniform int4's bytes and the uniform baselines,
+measured with packed weights on held-out text) → export (packed checkpoint and
+runtime configs) → a short report, and everything on disk:
+
+    OUT/profile.json            the measured sensitivity table (empas.sensitivity/1)
+    OUT/search/                 result.json, front.csv, plans/ (the NSGA-II search)
+    OUT/plans/*.json            the verified plans, with their measured metrics
+    OUT/verify.json, verify.png predicted vs measured, uniform baselines, honesty
+    OUT/export/                 packed checkpoint, llama.cpp / GPTQModel / HQQ configs
+    OUT/report.json, report.md  the report printed at the end
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .sizes import format_bytes
+
+__all__ = ["DemoResult", "run_demo"]
+
+RUNTIME_FORMATS = ("llama.cpp", "gptqmodel", "hqq")
+FORMATS = ("packed", *RUNTIME_FORMATS, "empas-original")
+_EXT = {
+    "llama.cpp": "tensor-types.txt",
+    "gptqmodel": "gptqmodel.json",
+    "hqq": "hqq.json",
+    "empas-original": "empas-original.json",
+}
+_MARKERS = ("report.json", "profile.json", "verify.json", "search")
+
+
+@dataclass
+class DemoResult:
+    """What :func:`run_demo` made: the objects, the report and the files written."""
+
+    out: Path
+    profile: Any
+    search: Any
+    exact: Any
+    verify: Any
+    report: dict[str, Any]
+    files: dict[str, Path] = field(default_factory=dict)
+
+    def text(self) -> str:
+        return report_text(self.report)
+
+    def __repr__(self) -> str:
+        return f"DemoResult(out={str(self.out)!r}, plans={list(self.report['plans'])})"
+
+    def _repr_html_(self) -> str:
+        import html
+
+        return f"<pre>{html.escape(self.text())}</pre>"
+
+
+def _stage(log: Callable[[str], None], i: int, n: int, what: str) -> float:
+    log(f"[{i}/{n}] {what}")
+    return time.perf_counter()
+
+
+def _check_out(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out} exists and is not a directory")
+    if out.is_dir() and any((out / m).exists() for m in _MARKERS) and not force:
+        raise FileExistsError(
+            f"{out} holds the results of an earlier run; pass --force (force=True) to replace "
+            "them (the profile checkpoint there is reused when the settings match)"
+        )
+
+
+def run_demo(
+    out: str | os.PathLike = "out/demo",
+    *,
+    model: str | os.PathLike = "example:tiny-llama",
+    calib=None,
+    eval_text=None,
+    units: str = "sublayer",
+    bits: Sequence[int] = (2, 3, 4, 8),
+    n_tokens: int | None = None,
+    seq_len: int | None = None,
+    batch_size: int = 4,
+    method: str = "nsga2",
+    pop_size: int = 100,
+    generations: int = 50,
+    seed: int = 0,
+    threads: int | None = None,
+    budget: int | str | None = None,
+    baselines: Sequence[int] = (16, 8, 4, 3, 2),
+    max_eval_tokens: int | None = 16384,
+    memory: bool = False,
+    export_plan: str | None = None,
+    formats: Sequence[str] = FORMATS,
+    device: str | None = None,
+    force: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> DemoResult:
+    """Runs profile → search → verify → export on ``model`` and writes everything
+    under ``out`` (see the module docstring). ``model``: a local HuggingFace
+    directory or ``"example:tiny-llama"`` (the offline default). ``calib`` /
+    ``eval_text``: text files or lists of strings (default: the offline corpus'
+    training and held-out pages, which never share text). ``budget``: a memory
+    budget ("8MB", bytes): its best plan is verified and exported too.
+    ``export_plan``: which plan to export (default: the budget plan when a budget
+    is given, else ``balanced``)."""
+    import empas
+    from empas.profiling import StaleCheckpointError, _load
+    from empas.verify import uniform_plan
+
+    log = log or print
+    if not progress:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    outp = Path(out)
+    bits = [int(b) for b in bits]
+    for f in formats:
+        if f not in FORMATS:
+            raise ValueError(f"unknown export format {f!r}; formats: {', '.join(FORMATS)}")
+    if method not in ("nsga2", "exact"):
+        raise ValueError(f"method must be 'nsga2' or 'exact', got {method!r}")
+    if budget is not None:
+        budget = empas.parse_size(budget)
+    _check_out(outp, force)
+    outp.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+    timings: dict[str, float] = {}
+    n = 6
+    t_all = time.perf_counter()
+
+    # 1. the model -----------------------------------------------------------
+    t = _stage(log, 1, n, f"model: {model}")
+    model_label = str(model)
+    if str(model) == "example:tiny-llama":
+        path = empas.models.tiny_llama(verbose=progress)
+        log(f"      the offline Llama model (trained once, cached): {path}")
+    elif str(model).startswith("example:"):
+        raise ValueError(f"unknown example model {model!r}; the example is example:tiny-llama")
+    else:
+        path = Path(model)
+        if not path.exists():
+            raise FileNotFoundError(f"model path {str(path)!r} does not exist")
+    if calib is None:
+        calib = empas.models.corpus("train")
+    if eval_text is None:
+        eval_text = empas.models.corpus("eval")
+    timings["model_s"] = time.perf_counter() - t
+
+    # 2. profile ---------------------------------------------------------------
+    t = _stage(log, 2, n, f"profile: {units} units at {','.join(map(str, bits))} bits")
+    ckpt = outp / "profile.checkpoint.json"
+    kw = dict(
+        units=units,
+        choices=bits,
+        n_tokens=n_tokens,
+        seq_len=seq_len,
+        batch_size=batch_size,
+        device=device,
+        seed=seed,
+    )
+    try:
+        prof = empas.profile(path, calib, checkpoint=ckpt, progress=progress, **kw)
+    except StaleCheckpointError as exc:
+        log(f"      note: {exc}; starting the profile over")
+        ckpt.unlink()
+        prof = empas.profile(path, calib, checkpoint=ckpt, progress=progress, **kw)
+    files["profile"] = prof.save(outp / "profile.json")
+    tm = prof.meta.get("timings", {})
+    log(
+        f"      {len(prof.units)} units x {len(prof.choices)} precisions, baseline loss "
+        f"{prof.baseline:.4f}; {tm.get('experiments', '?')} experiments in "
+        f"{tm.get('experiments_s', float('nan')):.1f} s"
+    )
+    timings["profile_s"] = time.perf_counter() - t
+
+    # 3. search ----------------------------------------------------------------
+    t = _stage(log, 3, n, f"search: {method} (pop {pop_size} x {generations}) and the exact front")
+    res = empas.search(
+        prof,
+        method=method,
+        pop_size=pop_size,
+        generations=generations,
+        seed=seed,
+        threads=threads,
+        progress=progress and method == "nsga2",
+    )
+    exact = res if method == "exact" else empas.search(prof, method="exact")
+    paths = res.save(outp / "search", overwrite=True)
+    files["search"] = paths["result"]
+    hv_ratio = res.hypervolume_ratio(exact) if method != "exact" else 1.0
+    log(
+        f"      {len(res.front)} front plans; hypervolume {100 * hv_ratio:.3f}% of the exact "
+        f"front ({len(exact.front)} plans)"
+    )
+    timings["search_s"] = time.perf_counter() - t
+
+    # 4. verify ----------------------------------------------------------------
+    t = _stage(log, 4, n, "verify: the plans and uniform baselines on held-out text (packed)")
+    plans: dict[str, Any] = dict(res.archetypes)
+    if 4 in prof.choices:
+        try:
+            plans["best_under_int4"] = exact.best_under(uniform_plan(prof, 4).predicted_bytes)
+        except empas.InfeasibleError:
+            pass
+    if budget is not None:
+        plans["best_under_budget"] = exact.best_under(budget)  # InfeasibleError: clear message
+    rep = empas.verify(
+        path,
+        plans,
+        eval_text,
+        profile=prof,
+        baselines=[b for b in baselines],
+        budget_plan=False,
+        max_tokens=max_eval_tokens,
+        memory=memory,
+        device=device,
+        progress=progress,
+    )
+    doc = rep.to_dict()
+    names = {r["name"] for r in rep.rows}
+    honesty = None
+    if {"uniform-int4", "uniform-fp16", "best_under_int4"} <= names:
+        honesty = rep.honesty("best_under_int4")
+        doc["honesty"] = honesty
+    from empas.verify import _clean
+
+    vpath = outp / "verify.json"
+    empas._native.core().write_file_atomic(str(vpath), json.dumps(_clean(doc), indent=2) + "\n")
+    files["verify"] = vpath
+    for name, p in rep.plans.items():
+        if p.archetype is None:
+            p.archetype = name
+        files[f"plan:{name}"] = p.save(outp / "plans" / f"{name}.json")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        ax = rep.plot()
+        ax.figure.savefig(outp / "verify.png", dpi=120, bbox_inches="tight")
+        plt.close(ax.figure)
+        files["verify_plot"] = outp / "verify.png"
+    except ImportError:
+        log("      note: no matplotlib; verify.png not written")
+    timings["verify_s"] = time.perf_counter() - t
+
+    # 5. export ----------------------------------------------------------------
+    chosen = export_plan or ("best_under_budget" if budget is not None else "balanced")
+    if chosen not in rep.plans:
+        raise ValueError(f"export_plan {chosen!r} is not one of {', '.join(rep.plans)}")
+    t = _stage(log, 5, n, f"export: {chosen} as {', '.join(formats) or 'nothing'}")
+    plan = rep.plans[chosen]
+    ex = outp / "export"
+    skipped: dict[str, str] = {}
+    if formats:
+        from empas.export import write_export
+
+        dropped = [u for u, b in plan.bits_by_unit.items() if b == 0]
+        for fmt in formats:
+            if fmt == "packed":
+                m, tok, _, _ = _load(path, "cpu", None)
+                files["export:packed"] = empas.save_quantized(
+                    m, plan, ex / f"packed-{chosen}", tokenizer=tok, force=True
+                )
+                del m
+                continue
+            if fmt in RUNTIME_FORMATS and dropped:
+                skipped[fmt] = f"the plan drops {len(dropped)} unit(s); {fmt} cannot"
+                continue
+            opts = {"allow_approx": True} if fmt == "hqq" else {}
+            if fmt in RUNTIME_FORMATS:
+                opts["round_up"] = True
+            try:
+                files[f"export:{fmt}"] = write_export(
+                    plan, fmt, ex / f"{chosen}.{_EXT[fmt]}", force=True, **opts
+                )
+            except ValueError as exc:  # e.g. a model layout the runtime has no names for
+                skipped[fmt] = str(exc)
+        for fmt, why in skipped.items():
+            log(f"      note: no {fmt} export: {why}")
+    timings["export_s"] = time.perf_counter() - t
+
+    # 6. report ----------------------------------------------------------------
+    _stage(log, 6, n, "report")
+    timings["total_s"] = time.perf_counter() - t_all
+    report = _report(
+        model_label, path, prof, res, exact, hv_ratio, rep, honesty, chosen, skipped, timings
+    )
+    report["files"] = {k: str(v) for k, v in files.items()}
+    rj = outp / "report.json"
+    rm = outp / "report.md"
+    files["report"] = rj
+    files["report_md"] = rm
+    report["files"]["report"] = str(rj)
+    report["files"]["report_md"] = str(rm)
+    empas._native.core().write_file_atomic(
+        str(rj), json.dumps(_clean(report), indent=2, allow_nan=False) + "\n"
+    )
+    text = report_text(report)
+    empas._native.core().write_file_atomic(str(rm), "```\n" + text + "\n```\n")
+    return DemoResult(outp, prof, res, exact, rep, report, files)
+
+
+def _report(model_label, path, prof, res, exact, hv_ratio, rep, honesty, chosen, skipped, timings):
+    rows = {r["name"]: r for r in rep.rows}
+    plans = {}
+    for name in rep.plans:
+        r = rows[name]
+        if r["kind"] != "plan":
+            continue
+        plans[name] = {
+            "bits": r.get("bits"),
+            "avg_bits": r.get("avg_bits"),
+            "bytes": r["bytes"],
+            "pred_delta": r.get("pred_delta"),
+            "delta": r["delta"],
+            "error": r.get("error"),
+            "loss": r["loss"],
+            "ppl": r.get("ppl"),
+            "rss_mb": r.get("rss_mb"),
+        }
+    uniform = {
+        r["name"]: {
+            "bytes": r["bytes"],
+            "pred_delta": r.get("pred_delta"),
+            "delta": r["delta"],
+            "loss": r["loss"],
+            "ppl": r.get("ppl"),
+            "rss_mb": r.get("rss_mb"),
+        }
+        for r in rep.rows
+        if r["kind"] == "uniform"
+    }
+    f = res.front
+    return {
+        "format": "empas.demo/1",
+        "model": {"name": model_label, "path": str(path)},
+        "profile": {
+            "units": len(prof.units),
+            "unit_kinds": _kinds(prof),
+            "choices": list(prof.choices),
+            "baseline": prof.baseline,
+            "calib_tokens": prof.meta.get("n_tokens"),
+        },
+        "front": {
+            "method": res.method,
+            "plans": len(f),
+            "bytes_min": int(f.bytes.min()),
+            "bytes_max": int(f.bytes.max()),
+            "pred_delta_min": float(f.loss.min()) - prof.baseline,
+            "pred_delta_max": float(f.loss.max()) - prof.baseline,
+            "hypervolume_vs_exact": hv_ratio,
+            "exact_plans": len(exact.front),
+        },
+        "original": {"loss": rows["original"]["loss"], "ppl": rows["original"].get("ppl")},
+        "eval": {"tokens": rep.meta["eval_tokens"], "loss": rep.meta["loss"]},
+        "plans": plans,
+        "uniform": uniform,
+        "honesty": honesty,
+        "exported": {"plan": chosen, "skipped": skipped},
+        "timings": timings,
+    }
+
+
+def _kinds(prof) -> str:
+    counts: dict[str, int] = {}
+    for u in prof.units:
+        counts[u.kind] = counts.get(u.kind, 0) + 1
+    return " + ".join(f"{c} {k}" for k, c in counts.items())
+
+
+def _f(v, fmt: str) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    return format(v, fmt)
+
+
+def report_text(r: dict[str, Any]) -> str:
+    """The demo's report as readable text (what ``empas demo`` prints)."""
+    fr, pr = r["front"], r["profile"]
+    lines = [
+        f"EMPAS demo: {r['model']['name']}",
+        f"profile   {pr['units']} units ({pr['unit_kinds']}) x bits {pr['choices']}; "
+        f"calibration loss {pr['baseline']:.4f}",
+        f"front     {fr['plans']} plans ({fr['method']}), {format_bytes(fr['bytes_min'])} .. "
+        f"{format_bytes(fr['bytes_max'])}, predicted Δ {fr['pred_delta_min']:.4f} .. "
+        f"{fr['pred_delta_max']:.4f}; {100 * fr['hypervolume_vs_exact']:.3f}% of the exact "
+        f"front's hypervolume",
+        f"held-out  {r['eval']['tokens']:,} tokens ({r['eval']['loss']}); original model loss "
+        f"{r['original']['loss']:.4f}, ppl {_f(r['original']['ppl'], '.2f')}",
+        "",
+        f"{'plan':<20}{'avg bits':>9}{'size':>12}{'pred Δ':>10}{'measured Δ':>12}{'ppl':>9}",
+    ]
+
+    def row(name, d):
+        return (
+            f"{name[:19]:<20}{_f(d.get('avg_bits'), '.2f'):>9}{format_bytes(d['bytes']):>12}"
+            f"{_f(d.get('pred_delta'), '+.4f'):>10}{_f(d['delta'], '+.4f'):>12}"
+            f"{_f(d.get('ppl'), '.2f'):>9}"
+        )
+
+    for name, d in r["plans"].items():
+        lines.append(row(name, d))
+    lines.append("uniform baselines:")
+    for name, d in r["uniform"].items():
+        lines.append(row(name, {**d, "avg_bits": None}))
+    if r.get("honesty"):
+        lines += ["", r["honesty"]["verdict"]]
+    ex = r["exported"]
+    lines.append("")
+    lines.append(
+        f"exported: {ex['plan']}"
+        + (f" (skipped: {', '.join(ex['skipped'])})" if ex["skipped"] else "")
+    )
+    t = r["timings"]
+    lines.append(
+        "time: "
+        + ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in t.items() if k != "total_s")
+        + f"; total {t['total_s']:.1f} s"
+    )
+    return "\n".join(lines)
