@@ -401,14 +401,18 @@ def report_text(r: dict[str, Any]) -> str:
         f"held-out  {r['eval']['tokens']:,} tokens ({r['eval']['loss']}); original model loss "
         f"{r['original']['loss']:.4f}, ppl {_f(r['original']['ppl'], '.2f')}",
         "",
-        f"{'plan':<20}{'avg bits':>9}{'size':>12}{'pred Δ':>10}{'measured Δ':>12}{'ppl':>9}",
     ]
+    mem = any(d.get("rss_mb") is not None for d in [*r["plans"].values(), *r["uniform"].values()])
+    lines.append(
+        f"{'plan':<20}{'avg bits':>9}{'size':>12}{'pred Δ':>10}{'measured Δ':>12}{'ppl':>9}"
+        + (f"{'loaded MB':>11}" if mem else "")
+    )
 
     def row(name, d):
         return (
             f"{name[:19]:<20}{_f(d.get('avg_bits'), '.2f'):>9}{format_bytes(d['bytes']):>12}"
             f"{_f(d.get('pred_delta'), '+.4f'):>10}{_f(d['delta'], '+.4f'):>12}"
-            f"{_f(d.get('ppl'), '.2f'):>9}"
+            f"{_f(d.get('ppl'), '.2f'):>9}" + (f"{_f(d.get('rss_mb'), '.1f'):>11}" if mem else "")
         )
 
     for name, d in r["plans"].items():
