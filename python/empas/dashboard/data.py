@@ -1,0 +1,908 @@
+"""Data layer of the EMPAS dashboard: reads a results directory into tables.
+
+Pure functions over files written by EMPAS (``empas.search/1`` result.json,
+``empas.plan/1`` plans, ``empas.verify/1`` verify.json, ``empas.sensitivity/1``
+profile.json); nothing here imports streamlit, so it can be unit-tested and reused.
+
+Scales: a search predicts the loss on the *calibration* text (profile baseline +
+Σ Δ), ``verify`` measures the loss on *held-out* text. The two losses are not
+comparable, their changes are: predicted Δloss = predicted loss − profile
+baseline, measured Δloss = measured loss − the original model's measured loss.
+Every overlay here uses Δloss.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+MIB = 2**20
+SEARCH_FORMAT = "empas.search/1"
+VERIFY_FORMAT = "empas.verify/1"
+
+
+class DashboardError(ValueError):
+    """Bad dashboard input: names the file and what is wrong with it."""
+
+
+@dataclass
+class PlanView:
+    """One plan as the dashboard shows it (an archetype, a front point or a verified plan)."""
+
+    key: str
+    label: str
+    bits: list[int]
+    front_index: int | None
+    pred_loss: float | None
+    pred_delta: float | None
+    pred_bytes: int | None
+    avg_bits: float | None
+    measured: dict[str, Any] | None  # the verify row of this plan, if verified
+
+
+@dataclass
+class Results:
+    """Everything the dashboard shows, read from one results directory.
+
+    ``front``: one row per front plan (ascending predicted bytes) with columns
+    ``index, pred_loss, pred_delta, bytes, mib, avg_bits, archetypes, bits,
+    bits_str, verified, measured_delta``. ``verify``: one row per verify.json row
+    (``name, kind, loss, ppl, bytes, delta, pred_loss, pred_bytes, pred_delta,
+    error, avg_bits, bits, rss_mb, front_index, x_bytes, x_mib``) or None.
+    ``baseline``: the profile's calibration loss (None when no profile or verify
+    meta gives it; predicted Δloss is then unavailable)."""
+
+    result_path: Path
+    root: Path
+    model: str
+    method: str
+    exact: bool
+    hypervolume: float | None
+    units: list[str]
+    choices: list[int]
+    front: pd.DataFrame
+    archetypes: dict[str, int]
+    archetype_plans: dict[str, dict[str, Any]]
+    baseline: float | None = None
+    baseline_source: str | None = None
+    unit_info: pd.DataFrame | None = None
+    verify: pd.DataFrame | None = None
+    verify_meta: dict[str, Any] | None = None
+    honesty: dict[str, Any] | None = None
+    verify_path: Path | None = None
+    profile_path: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def has_delta(self) -> bool:
+        """Whether predicted Δloss is known (a profile baseline was found)."""
+        return self.baseline is not None
+
+    @property
+    def n_units(self) -> int:
+        return len(self.units)
+
+
+# ----------------------------------------------------------------------------
+# locating and reading files
+# ----------------------------------------------------------------------------
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DashboardError(f"{what} not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DashboardError(f"{path}: cannot read {what}: {exc}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DashboardError(
+            f"{path}: malformed JSON in {what} ({exc.msg} at line {exc.lineno}, column {exc.colno})"
+        ) from None
+
+
+def locate(results: str | os.PathLike) -> tuple[Path, Path]:
+    """``(result.json, base directory)`` for ``results``: a result.json file, a
+    directory holding result.json, or a directory holding search/result.json."""
+    if results is None or not str(results).strip():
+        raise DashboardError("no results directory given")
+    p = Path(os.path.expanduser(str(results).strip()))
+    if p.is_file():
+        return p, p.parent
+    if not p.exists():
+        raise DashboardError(f"results directory not found: {p}")
+    if not p.is_dir():
+        raise DashboardError(f"{p} is neither a directory nor a result.json file")
+    for cand in (p / "result.json", p / "search" / "result.json"):
+        if cand.is_file():
+            return cand, p
+    raise DashboardError(
+        f"no result.json in {p} (looked for {p / 'result.json'} and "
+        f"{p / 'search' / 'result.json'}); write one with `empas search ... --out DIR`"
+    )
+
+
+def _candidates(result_path: Path, base: Path, name: str, up: bool = True) -> list[Path]:
+    """Where ``name`` may sit: the given directory, result.json's, and (``up``) its parent."""
+    seen: list[Path] = []
+    dirs = (base, result_path.parent) + ((result_path.parent.parent,) if up else ())
+    for d in dirs:
+        c = d / name
+        if c not in seen:
+            seen.append(c)
+    return seen
+
+
+def input_stamp(
+    results: str | os.PathLike,
+    verify: str | os.PathLike | None = None,
+    profile: str | os.PathLike | None = None,
+) -> tuple:
+    """A cache key that changes when any file the loader may read changes."""
+    stamp: list[Any] = [str(results), str(verify), str(profile)]
+    try:
+        rp, base = locate(results)
+    except DashboardError:
+        return tuple(stamp)
+    files = [rp, *_candidates(rp, base, "verify.json", up=False)]
+    files += _candidates(rp, base, "profile.json")
+    files += [Path(str(x)) for x in (verify, profile) if x]
+    for f in files:
+        try:
+            st = f.stat()
+            stamp.append((str(f), st.st_mtime_ns, st.st_size))
+        except OSError:
+            stamp.append((str(f), None))
+    return tuple(stamp)
+
+
+# ----------------------------------------------------------------------------
+# result.json
+# ----------------------------------------------------------------------------
+
+
+def _num(v: Any) -> float:
+    """A float (NaN for None / non-numbers)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return math.nan
+    return float(v)
+
+
+def _opt(v: Any) -> float | None:
+    x = _num(v)
+    return None if math.isnan(x) else x
+
+
+def _int_list(v: Any) -> list[int] | None:
+    if not isinstance(v, list) or not all(
+        isinstance(b, int) and not isinstance(b, bool) for b in v
+    ):
+        return None
+    return [int(b) for b in v]
+
+
+def _parse_result(path: Path, doc: Any) -> dict[str, Any]:
+    if not isinstance(doc, dict):
+        raise DashboardError(f"{path}: expected a JSON object ({SEARCH_FORMAT})")
+    fmt = doc.get("format")
+    if fmt != SEARCH_FORMAT:
+        raise DashboardError(
+            f"{path}: not an EMPAS search result (format {fmt!r}, expected {SEARCH_FORMAT!r})"
+        )
+    units = doc.get("units")
+    if not isinstance(units, list) or not units or not all(isinstance(u, str) for u in units):
+        raise DashboardError(f"{path}: 'units' must be a non-empty list of unit names")
+    front = doc.get("front")
+    if not isinstance(front, dict):
+        raise DashboardError(f"{path}: 'front' must be an object with loss/bytes/avg_bits/bits")
+    cols = {}
+    for k in ("loss", "bytes", "avg_bits", "bits"):
+        v = front.get(k)
+        if not isinstance(v, list):
+            raise DashboardError(f"{path}: front.{k} must be a list")
+        cols[k] = v
+    n = len(cols["loss"])
+    if any(len(v) != n for v in cols.values()):
+        lens = {k: len(v) for k, v in cols.items()}
+        raise DashboardError(f"{path}: front lists differ in length: {lens}")
+    if n == 0:
+        raise DashboardError(f"{path}: the front is empty (the search found no feasible plan)")
+    bits = []
+    for i, b in enumerate(cols["bits"]):
+        bl = _int_list(b)
+        if bl is None or len(bl) != len(units):
+            raise DashboardError(
+                f"{path}: front.bits[{i}] must list {len(units)} integer bit widths (one per unit)"
+            )
+        bits.append(bl)
+    for k in ("loss", "bytes"):
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in cols[k]):
+            raise DashboardError(f"{path}: front.{k} must hold numbers")
+    arch_doc = doc.get("archetypes") or {}
+    if not isinstance(arch_doc, dict):
+        raise DashboardError(f"{path}: 'archetypes' must be an object")
+    archetypes: dict[str, int] = {}
+    plans: dict[str, dict[str, Any]] = {}
+    for name, a in arch_doc.items():
+        idx = a.get("index") if isinstance(a, dict) else None
+        if isinstance(idx, bool) or not isinstance(idx, int) or not 0 <= idx < n:
+            raise DashboardError(f"{path}: archetypes.{name}.index must be a front index < {n}")
+        plan = a.get("plan")
+        if not isinstance(plan, dict) or not isinstance(plan.get("units"), list):
+            raise DashboardError(f"{path}: archetypes.{name}.plan must be an empas.plan/1 object")
+        if [u.get("name") if isinstance(u, dict) else None for u in plan["units"]] != units:
+            raise DashboardError(f"{path}: archetypes.{name}.plan does not list the result's units")
+        archetypes[str(name)] = idx
+        plans[str(name)] = plan
+    prof = doc.get("profile") if isinstance(doc.get("profile"), dict) else {}
+    cfg = doc.get("config") if isinstance(doc.get("config"), dict) else {}
+    choices = _int_list(doc.get("choices")) or sorted({b for row in bits for b in row})
+    return {
+        "units": units,
+        "choices": choices,
+        "loss": [_num(x) for x in cols["loss"]],
+        "bytes": [int(x) for x in cols["bytes"]],
+        "avg_bits": [_num(x) for x in cols["avg_bits"]],
+        "bits": bits,
+        "archetypes": archetypes,
+        "plans": plans,
+        "profile": prof,
+        "method": str(cfg.get("method") or "?"),
+        "exact": bool(doc.get("exact")),
+        "hypervolume": _opt(doc.get("hypervolume")),
+    }
+
+
+# ----------------------------------------------------------------------------
+# the profile (baseline, unit kinds)
+# ----------------------------------------------------------------------------
+
+
+def _load_profile(spec: str):
+    import empas
+
+    return empas.load_profile(spec)
+
+
+def _profile_specs(r: dict[str, Any], result_path: Path, base: Path) -> list[str]:
+    specs = [str(c) for c in _candidates(result_path, base, "profile.json") if c.is_file()]
+    ref = r["profile"].get("path")
+    if isinstance(ref, str) and ref:
+        if ref.startswith("example:"):
+            specs.append(ref)
+        else:
+            for d in (Path.cwd(), base, result_path.parent):
+                c = Path(ref) if Path(ref).is_absolute() else d / ref
+                if c.is_file():
+                    specs.append(str(c))
+                    break
+    out: list[str] = []
+    for s in specs:
+        key = s if s.startswith("example:") else str(Path(s).resolve())
+        if key not in [x if x.startswith("example:") else str(Path(x).resolve()) for x in out]:
+            out.append(s)
+    return out
+
+
+def _match_profile(prof, r: dict[str, Any]) -> str | None:
+    """None if ``prof`` is the result's profile, else why not."""
+    if prof.n_units != len(r["units"]):
+        return f"it has {prof.n_units} units, the result {len(r['units'])}"
+    if prof.unit_names != r["units"]:
+        bad = next(i for i, (a, b) in enumerate(zip(prof.unit_names, r["units"])) if a != b)
+        return f"unit {bad} is {prof.unit_names[bad]!r} there, {r['units'][bad]!r} in the result"
+    fp = r["profile"].get("fingerprint")
+    if fp and prof.fingerprint != fp:
+        return f"fingerprint {prof.fingerprint} differs from the result's {fp}"
+    return None
+
+
+def _unit_table(r: dict[str, Any], prof) -> pd.DataFrame:
+    if prof is not None:
+        us = prof.units
+        return pd.DataFrame(
+            {
+                "unit": [u.name for u in us],
+                "kind": [u.kind for u in us],
+                "params": [u.params for u in us],
+                "modules": [len(u.modules) for u in us],
+            }
+        )
+    plan = next(iter(r["plans"].values()), None)
+    rows = []
+    for i, name in enumerate(r["units"]):
+        u = plan["units"][i] if plan is not None else {}
+        params = u.get("params") if isinstance(u, dict) else None
+        mods = u.get("modules") if isinstance(u, dict) else None
+        rows.append(
+            {
+                "unit": name,
+                "kind": None,
+                "params": params if isinstance(params, int) else None,
+                "modules": len(mods) if isinstance(mods, list) else None,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------
+# verify.json
+# ----------------------------------------------------------------------------
+
+
+def _parse_verify(path: Path, doc: Any, r: dict[str, Any], result_path: Path) -> dict[str, Any]:
+    if not isinstance(doc, dict):
+        raise DashboardError(f"{path}: expected a JSON object ({VERIFY_FORMAT})")
+    fmt = doc.get("format")
+    if fmt != VERIFY_FORMAT:
+        raise DashboardError(
+            f"{path}: not an EMPAS verify report (format {fmt!r}, expected {VERIFY_FORMAT!r})"
+        )
+    rows = doc.get("rows")
+    if not isinstance(rows, list) or not rows:
+        raise DashboardError(f"{path}: 'rows' must be a non-empty list")
+    meta = doc.get("meta") if isinstance(doc.get("meta"), dict) else {}
+    n = len(r["units"])
+    clean = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict) or not isinstance(row.get("name"), str):
+            raise DashboardError(f"{path}: rows[{i}] must be an object with a 'name'")
+        name = row["name"]
+        if not isinstance(row.get("loss"), (int, float)) or isinstance(row.get("loss"), bool):
+            raise DashboardError(f"{path}: row {name!r} has no numeric 'loss'")
+        bits = row.get("bits")
+        if bits is not None:
+            bl = _int_list(bits)
+            if bl is None:
+                raise DashboardError(f"{path}: row {name!r}: 'bits' must be a list of integers")
+            if len(bl) != n:
+                raise DashboardError(
+                    f"{path}: row {name!r} has {len(bl)} bit widths but {result_path} has "
+                    f"{n} units; is this verify.json from another model or search?"
+                )
+            bits = bl
+        clean.append({**row, "bits": bits})
+    return {"rows": clean, "meta": meta, "honesty": doc.get("honesty")}
+
+
+def _verify_frame(v: dict[str, Any], res: Results) -> pd.DataFrame:
+    orig = v["meta"].get("original") if isinstance(v["meta"].get("original"), dict) else {}
+    orig_loss = _opt(orig.get("loss"))
+    if orig_loss is None:
+        for row in v["rows"]:
+            if row.get("kind") == "original":
+                orig_loss = _opt(row.get("loss"))
+    by_bits = {tuple(b): i for i, b in enumerate(res.front["bits"])}
+    out = []
+    for row in v["rows"]:
+        loss = _num(row.get("loss"))
+        delta = _opt(row.get("delta"))
+        if delta is None and orig_loss is not None:
+            delta = loss - orig_loss
+        bits = row.get("bits")
+        fi = by_bits.get(tuple(bits)) if bits is not None else None
+        pred_loss = _opt(row.get("pred_loss"))
+        pred_delta = _opt(row.get("pred_delta"))
+        if pred_delta is None and pred_loss is not None and res.baseline is not None:
+            pred_delta = pred_loss - res.baseline
+        if fi is not None:
+            f = res.front.iloc[fi]
+            pred_loss = float(f["pred_loss"]) if pred_loss is None else pred_loss
+            if pred_delta is None and res.has_delta:
+                pred_delta = float(f["pred_delta"])
+        pred_bytes = row.get("pred_bytes")
+        pred_bytes = int(pred_bytes) if isinstance(pred_bytes, (int, float)) else None
+        if fi is not None:
+            x_bytes = int(res.front["bytes"].iloc[fi])
+        elif pred_bytes is not None:
+            x_bytes = pred_bytes
+        else:
+            x_bytes = int(_num(row.get("bytes"))) if _opt(row.get("bytes")) is not None else None
+        error = _opt(row.get("error"))
+        if error is None and delta is not None and pred_delta is not None:
+            error = delta - pred_delta
+        out.append(
+            {
+                "name": row["name"],
+                "kind": str(row.get("kind") or "plan"),
+                "loss": loss,
+                "ppl": _opt(row.get("ppl")),
+                "bytes": _opt(row.get("bytes")),
+                "delta": delta,
+                "pred_loss": pred_loss,
+                "pred_bytes": pred_bytes,
+                "pred_delta": pred_delta,
+                "error": error,
+                "avg_bits": _opt(row.get("avg_bits")),
+                "bits": bits,
+                "rss_mb": _opt(row.get("rss_mb")),
+                "front_index": fi,
+                "x_bytes": x_bytes,
+                "x_mib": None if x_bytes is None else x_bytes / MIB,
+            }
+        )
+    df = pd.DataFrame(out)
+    df["front_index"] = df["front_index"].astype("Int64")
+    return df
+
+
+# ----------------------------------------------------------------------------
+# loading
+# ----------------------------------------------------------------------------
+
+
+def load_results(
+    results: str | os.PathLike,
+    verify: str | os.PathLike | None = None,
+    profile: str | os.PathLike | None = None,
+) -> Results:
+    """Reads a results directory (``DIR/result.json`` or ``DIR/search/result.json``),
+    its verify.json (``verify``, else ``DIR/verify.json`` or one next to result.json)
+    and its profile (``profile``, else a ``profile.json`` in DIR, next to
+    result.json or above it, or the result's own profile path, when present and
+    matching the result's units and fingerprint). Raises :class:`DashboardError` naming the
+    file and the problem."""
+    result_path, base = locate(results)
+    r = _parse_result(result_path, _read_json(result_path, "search result"))
+    warnings: list[str] = []
+
+    # profile: baseline for predicted Δloss, unit kinds
+    prof = None
+    prof_spec: str | None = None
+    if profile is not None and str(profile).strip():
+        spec = str(profile).strip()
+        if not spec.startswith("example:") and not Path(spec).is_file():
+            raise DashboardError(f"profile file not found: {spec}")
+        try:
+            prof = _load_profile(spec)
+        except (ValueError, OSError) as exc:
+            raise DashboardError(f"{spec}: cannot load the profile: {exc}") from None
+        why = _match_profile(prof, r)
+        if why:
+            raise DashboardError(f"{spec}: not the profile of {result_path}: {why}")
+        prof_spec = spec
+    else:
+        for spec in _profile_specs(r, result_path, base):
+            try:
+                cand = _load_profile(spec)
+            except (ValueError, OSError) as exc:
+                warnings.append(f"{spec}: skipped, cannot load the profile ({exc})")
+                continue
+            why = _match_profile(cand, r)
+            if why:
+                warnings.append(f"{spec}: skipped, not this result's profile ({why})")
+                continue
+            prof, prof_spec = cand, spec
+            break
+
+    baseline = float(prof.baseline) if prof is not None else None
+    source = f"profile {prof_spec}" if prof is not None else None
+
+    # verify.json
+    vpath: Path | None = None
+    if verify is not None and str(verify).strip():
+        vpath = Path(os.path.expanduser(str(verify).strip()))
+        if not vpath.is_file():
+            raise DashboardError(f"verify file not found: {vpath}")
+    else:
+        vpath = next(
+            (c for c in _candidates(result_path, base, "verify.json", up=False) if c.is_file()),
+            None,
+        )
+    v = None
+    if vpath is not None:
+        v = _parse_verify(vpath, _read_json(vpath, "verify report"), r, result_path)
+        vb = _opt(v["meta"].get("profile_baseline"))
+        if baseline is None and vb is not None:
+            baseline, source = vb, f"{vpath.name} meta.profile_baseline"
+        elif baseline is not None and vb is not None and not math.isclose(vb, baseline):
+            warnings.append(
+                f"{vpath}: its profile baseline {vb:.6g} differs from {prof_spec}'s "
+                f"{baseline:.6g}; predicted Δloss uses the profile's"
+            )
+        vm, rm = v["meta"].get("model"), r["profile"].get("model")
+        if vm and rm and Path(str(vm)).name != Path(str(rm)).name:
+            warnings.append(f"{vpath}: measured model {vm!r}, the search's profile is of {rm!r}")
+    if baseline is None:
+        warnings.append(
+            "no profile found (pass --profile or put profile.json next to result.json): "
+            "predicted Δloss is unknown, the front shows predicted loss and measured "
+            "results cannot be overlaid"
+        )
+
+    labels: dict[int, list[str]] = {}
+    for name, i in r["archetypes"].items():
+        labels.setdefault(i, []).append(name)
+    loss = np.asarray(r["loss"], dtype=float)
+    front = pd.DataFrame(
+        {
+            "index": np.arange(len(loss)),
+            "pred_loss": loss,
+            "pred_delta": loss - baseline if baseline is not None else np.full(len(loss), np.nan),
+            "bytes": np.asarray(r["bytes"], dtype=np.int64),
+            "mib": np.asarray(r["bytes"], dtype=float) / MIB,
+            "avg_bits": np.asarray(r["avg_bits"], dtype=float),
+            "archetypes": [", ".join(labels.get(i, [])) for i in range(len(loss))],
+            "bits": r["bits"],
+            "bits_str": [" ".join(map(str, b)) for b in r["bits"]],
+        }
+    )
+    res = Results(
+        result_path=result_path,
+        root=base,
+        model=str(r["profile"].get("model") or (prof.model_name if prof is not None else "")),
+        method=r["method"],
+        exact=r["exact"],
+        hypervolume=r["hypervolume"],
+        units=r["units"],
+        choices=r["choices"],
+        front=front,
+        archetypes=r["archetypes"],
+        archetype_plans=r["plans"],
+        baseline=baseline,
+        baseline_source=source,
+        unit_info=_unit_table(r, prof),
+        verify_path=vpath,
+        profile_path=prof_spec,
+        warnings=warnings,
+    )
+    if v is not None:
+        res.verify = _verify_frame(v, res)
+        res.verify_meta = v["meta"]
+        res.honesty = v["honesty"] if isinstance(v["honesty"], dict) else None
+    verified = [None] * len(front)
+    measured = [math.nan] * len(front)
+    if res.verify is not None:
+        for _, row in res.verify.iterrows():
+            fi = row["front_index"]
+            if not pd.isna(fi) and verified[int(fi)] is None:
+                verified[int(fi)] = row["name"]
+                measured[int(fi)] = math.nan if row["delta"] is None else row["delta"]
+    front["verified"] = verified
+    front["measured_delta"] = measured
+    return res
+
+
+# ----------------------------------------------------------------------------
+# queries
+# ----------------------------------------------------------------------------
+
+
+def best_under(res: Results, budget_bytes: int) -> int | None:
+    """Front index of the lowest predicted loss with bytes <= ``budget_bytes``
+    (ties: the smaller plan), None when even the smallest plan is larger."""
+    f = res.front
+    ok = f[f["bytes"] <= budget_bytes]
+    if ok.empty:
+        return None
+    return int(ok.sort_values(["pred_loss", "bytes"], kind="mergesort")["index"].iloc[0])
+
+
+def mib_to_bytes(mib: float) -> int:
+    """A budget in MiB (the slider's unit) as whole bytes."""
+    return int(math.floor(mib * MIB + 1e-6))
+
+
+def budget_slider_range(res: Results) -> tuple[float, float, float]:
+    """``(min, max, step)`` in MiB for the budget slider: the front's size range,
+    widened to whole steps; the minimum lies just below the smallest plan, so the
+    slider's left end shows what happens when nothing fits."""
+    lo, hi = float(res.front["mib"].min()), float(res.front["mib"].max())
+    span = max(hi - lo, 1e-3)
+    step = 10 ** math.floor(math.log10(span / 200))
+    step = float(f"{step:.10g}")
+    lo_s = math.floor(lo / step) * step
+    if mib_to_bytes(lo_s) >= int(res.front["bytes"].min()):
+        lo_s -= step
+    lo_s = max(lo_s, 0.0)
+    hi_s = math.ceil(hi / step) * step
+    if hi_s <= lo_s:
+        hi_s = lo_s + step
+    nd = max(0, -int(math.floor(math.log10(step))))
+    return round(lo_s, nd), round(hi_s, nd), step
+
+
+def _verify_row_for(res: Results, name: str | None, bits: list[int]) -> dict[str, Any] | None:
+    if res.verify is None:
+        return None
+    v = res.verify
+    t = list(bits)
+    if name is not None:  # the row of that name, if it measured these bits
+        for _, row in v[v["name"] == name].iterrows():
+            if row["bits"] is None or list(row["bits"]) == t:
+                return row.to_dict()
+    for _, row in v.iterrows():
+        if row["bits"] is not None and list(row["bits"]) == t and row["kind"] != "original":
+            return row.to_dict()
+    return None
+
+
+def plan_options(res: Results) -> dict[str, str]:
+    """Select-box options, key -> label: archetypes, verified plans, every front point."""
+    opts: dict[str, str] = {}
+    for name, i in res.archetypes.items():
+        opts[f"archetype:{name}"] = f"archetype {name} (front #{i})"
+    if res.verify is not None:
+        for _, row in res.verify.iterrows():
+            if row["bits"] is None:
+                continue
+            where = (
+                f"front #{int(row['front_index'])}"
+                if not pd.isna(row["front_index"])
+                else "off the front"
+            )
+            opts[f"verify:{row['name']}"] = f"verified {row['kind']} {row['name']} ({where})"
+    for i, a in zip(res.front["index"], res.front["archetypes"]):
+        opts[f"front:{int(i)}"] = f"front #{int(i)}" + (f" ({a})" if a else "")
+    return opts
+
+
+def _front_view(res: Results, i: int, key: str, label: str, name: str | None) -> PlanView:
+    f = res.front.iloc[i]
+    bits = list(f["bits"])
+    return PlanView(
+        key=key,
+        label=label,
+        bits=bits,
+        front_index=i,
+        pred_loss=float(f["pred_loss"]),
+        pred_delta=float(f["pred_delta"]) if res.has_delta else None,
+        pred_bytes=int(f["bytes"]),
+        avg_bits=float(f["avg_bits"]),
+        measured=_verify_row_for(res, name, bits),
+    )
+
+
+def plan_view(res: Results, key: str) -> PlanView:
+    """The plan behind a :func:`plan_options` key (or ``best:<index>``)."""
+    kind, _, name = key.partition(":")
+    if kind == "archetype" and name in res.archetypes:
+        return _front_view(res, res.archetypes[name], key, f"archetype {name}", name)
+    if kind in ("front", "best"):
+        try:
+            i = int(name)
+        except ValueError:
+            raise DashboardError(f"bad plan key {key!r}") from None
+        if not 0 <= i < len(res.front):
+            raise DashboardError(f"front index {i} out of range ({len(res.front)} plans)")
+        a = res.front["archetypes"].iloc[i]
+        label = f"front #{i}" + (f" ({a})" if a else "")
+        return _front_view(res, i, key, label, None)
+    if kind == "verify" and res.verify is not None:
+        hit = res.verify[res.verify["name"] == name]
+        if not hit.empty and hit.iloc[0]["bits"] is not None:
+            row = hit.iloc[0]
+            if not pd.isna(row["front_index"]):
+                return _front_view(
+                    res, int(row["front_index"]), key, f"verified {row['name']}", row["name"]
+                )
+            return PlanView(
+                key=key,
+                label=f"verified {row['name']}",
+                bits=list(row["bits"]),
+                front_index=None,
+                pred_loss=row["pred_loss"],
+                pred_delta=row["pred_delta"],
+                pred_bytes=row["pred_bytes"],
+                avg_bits=row["avg_bits"],
+                measured=row.to_dict(),
+            )
+    raise DashboardError(f"unknown plan {key!r}")
+
+
+def _template(res: Results) -> dict[str, Any]:
+    if res.archetype_plans:
+        return copy.deepcopy(next(iter(res.archetype_plans.values())))
+    return {
+        "format": "empas.plan/1",
+        "model": {"name": res.model},
+        "units": [{"name": n, "bits": 0} for n in res.units],
+    }
+
+
+def plan_dict(res: Results, key: str) -> dict[str, Any]:
+    """The ``empas.plan/1`` dict of a plan key. An archetype is its stored plan;
+    a front point is the archetype template with its bits and predicted metrics
+    (what ``SearchResult.front[i]`` holds; ``best:<i>`` is labelled
+    ``best_under_budget`` like ``SearchResult.best_under``); a verified plan off
+    the front carries the verify row's predicted and measured numbers."""
+    kind, _, name = key.partition(":")
+    if kind == "archetype" and name in res.archetype_plans:
+        return copy.deepcopy(res.archetype_plans[name])
+    view = plan_view(res, key)
+    d = _template(res)
+    for u, b in zip(d["units"], view.bits):
+        u["bits"] = int(b)
+    pred: dict[str, Any] = {}
+    if view.front_index is not None:
+        f = res.front.iloc[view.front_index]
+        pred = {
+            "avg_bits": float(f["avg_bits"]),
+            "bytes": int(f["bytes"]),
+            "loss": float(f["pred_loss"]),
+        }
+    else:
+        for k, v in (
+            ("avg_bits", view.avg_bits),
+            ("bytes", view.pred_bytes),
+            ("loss", view.pred_loss),
+        ):
+            if v is not None and not (isinstance(v, float) and math.isnan(v)):
+                pred[k] = int(v) if k == "bytes" else float(v)
+    d["predicted"] = pred
+    d["measured"] = None
+    d["archetype"] = None
+    if kind == "best":
+        d["archetype"] = "best_under_budget"
+    elif kind == "verify":
+        d["archetype"] = name
+        m = view.measured
+        if m is not None:
+            meta = res.verify_meta or {}
+            orig = meta.get("original") if isinstance(meta.get("original"), dict) else {}
+            measured = {
+                "loss": m.get("loss"),
+                "ppl": m.get("ppl"),
+                "bytes": None if m.get("bytes") is None else int(m["bytes"]),
+                "loss_kind": meta.get("loss"),
+                "eval_tokens": meta.get("eval_tokens"),
+                "original_loss": orig.get("loss"),
+            }
+            d["measured"] = {
+                k: (None if isinstance(v, float) and math.isnan(v) else v)
+                for k, v in measured.items()
+            }
+    return d
+
+
+def plan_json(res: Results, key: str) -> str:
+    """The plan of ``key`` as validated ``empas.plan/1`` JSON (the download payload)."""
+    import empas
+
+    d = plan_dict(res, key)
+    try:
+        return empas.Plan.from_dict(d).to_json() + "\n"
+    except ValueError as exc:
+        raise DashboardError(f"cannot build plan {key!r}: {exc}") from None
+
+
+# ----------------------------------------------------------------------------
+# tables for the views
+# ----------------------------------------------------------------------------
+
+_BLOCK_COMPONENT = re.compile(r"^(?:[A-Za-z]+[_-]?)?(\d+)$")
+
+
+def parse_unit(name: str) -> tuple[int, str] | None:
+    """``(block index, sub-unit)`` of names like ``model.layers.3.mlp`` (3, "mlp"),
+    ``model.layers.3`` (3, "block") or ``layer_3`` (3, "block"); None otherwise."""
+    parts = name.split(".")
+    for i, p in enumerate(parts):
+        m = _BLOCK_COMPONENT.match(p)
+        if m:
+            return int(m.group(1)), ".".join(parts[i + 1 :]) or "block"
+    return None
+
+
+def precision_map(res: Results, bits: list[int]) -> tuple[pd.DataFrame, str]:
+    """Per-unit table (order, unit, bits, block, sub, kind, params) and the layout
+    to draw: ``"heatmap"`` (block × sub-unit) when every name parses into a
+    distinct (block, sub-unit) with at least two sub-units, else ``"bar"``."""
+    parsed = [parse_unit(n) for n in res.units]
+    info = res.unit_info
+    df = pd.DataFrame(
+        {
+            "order": np.arange(len(res.units)),
+            "unit": res.units,
+            "bits": [int(b) for b in bits],
+            "block": [p[0] if p else None for p in parsed],
+            "sub": [p[1] if p else None for p in parsed],
+            "kind": list(info["kind"]) if info is not None else None,
+            "params": list(info["params"]) if info is not None else None,
+        }
+    )
+    layout = "bar"
+    if all(parsed):
+        pairs = {(b, s) for b, s in parsed}  # type: ignore[misc]
+        if len(pairs) == len(parsed) and len({s for _, s in parsed}) >= 2:  # type: ignore[misc]
+            layout = "heatmap"
+    return df, layout
+
+
+def comparison_table(res: Results) -> pd.DataFrame:
+    """Archetypes, other verified plans, uniform baselines and the original model:
+    predicted loss/Δ/bytes/avg bits next to measured loss/ppl/Δ/bytes."""
+    rows = []
+    used: set[str] = set()
+    for name, i in res.archetypes.items():
+        f = res.front.iloc[i]
+        m = _verify_row_for(res, name, list(f["bits"]))
+        if m is not None:
+            used.add(m["name"])
+        rows.append(
+            {
+                "plan": name,
+                "kind": "archetype",
+                "front #": i,
+                "pred loss": float(f["pred_loss"]),
+                "pred Δloss": float(f["pred_delta"]) if res.has_delta else None,
+                "pred MiB": float(f["mib"]),
+                "avg bits": float(f["avg_bits"]),
+                "loss": None if m is None else m["loss"],
+                "ppl": None if m is None else m["ppl"],
+                "Δloss": None if m is None else m["delta"],
+                "MiB": None if m is None or m["bytes"] is None else m["bytes"] / MIB,
+                "error (Δ − pred Δ)": None if m is None else m["error"],
+            }
+        )
+    if res.verify is not None:
+        order = {"plan": 0, "random": 1, "uniform": 2, "original": 3}
+        rest = [r for _, r in res.verify.iterrows() if r["name"] not in used]
+        rest.sort(key=lambda r: order.get(r["kind"], 1))
+        for r in rest:
+            fi = r["front_index"]
+            rows.append(
+                {
+                    "plan": r["name"],
+                    "kind": r["kind"],
+                    "front #": None if pd.isna(fi) else int(fi),
+                    "pred loss": r["pred_loss"],
+                    "pred Δloss": r["pred_delta"],
+                    "pred MiB": None if r["pred_bytes"] is None else r["pred_bytes"] / MIB,
+                    "avg bits": r["avg_bits"],
+                    "loss": r["loss"],
+                    "ppl": r["ppl"],
+                    "Δloss": r["delta"],
+                    "MiB": None if r["bytes"] is None else r["bytes"] / MIB,
+                    "error (Δ − pred Δ)": r["error"],
+                }
+            )
+    df = pd.DataFrame(rows)
+    df["front #"] = df["front #"].astype("Int64")
+    for c in df.columns:
+        if c not in ("plan", "kind", "front #"):
+            df[c] = pd.to_numeric(df[c], errors="coerce")
+    return df
+
+
+def front_overlay(res: Results) -> pd.DataFrame:
+    """Points to draw over the predicted front: archetypes (predicted), verified
+    plans (measured Δloss), uniform baselines (predicted and measured Δloss). One row
+    per point: series, name, mib, y, and tooltip fields."""
+    pts = []
+    for name, i in res.archetypes.items():
+        f = res.front.iloc[i]
+        pts.append(
+            {
+                "series": "archetype (predicted)",
+                "name": name,
+                "mib": float(f["mib"]),
+                "y": float(f["pred_delta"]) if res.has_delta else float(f["pred_loss"]),
+                "front #": i,
+            }
+        )
+    if res.verify is not None and res.has_delta:
+        for _, r in res.verify.iterrows():
+            if r["kind"] == "original" or r["x_mib"] is None or pd.isna(r["x_mib"]):
+                continue
+            fi = None if pd.isna(r["front_index"]) else int(r["front_index"])
+            common = {"name": r["name"], "mib": float(r["x_mib"]), "front #": fi}
+            if r["kind"] == "uniform" and r["pred_delta"] is not None:
+                pts.append({**common, "series": "uniform (predicted)", "y": r["pred_delta"]})
+            if r["delta"] is not None:
+                series = "uniform (measured)" if r["kind"] == "uniform" else "verified (measured)"
+                pts.append({**common, "series": series, "y": r["delta"]})
+    df = pd.DataFrame(pts, columns=["series", "name", "mib", "y", "front #"])
+    df["front #"] = df["front #"].astype("Int64")
+    return df

@@ -1,0 +1,569 @@
+"""The Streamlit dashboard (empas.dashboard): data layer, the app under AppTest, launch().
+
+Fixtures are built without torch: the shipped TinyLlama profile, its exact front,
+and a verify.json in the real ``empas.verify/1`` format whose rows are real plans
+of that front; its *measured* numbers are synthetic (predicted Δloss + a fixed
+offset), a test fixture, not a measurement."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import empas
+
+pytest.importorskip("streamlit")
+pytest.importorskip("altair")
+
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from empas.dashboard import DashboardError, app_path, launch, load_results  # noqa: E402
+from empas.dashboard import data as D  # noqa: E402
+
+MEASURED_OFFSET = 0.01  # fixture: "measured" Δloss = predicted Δloss + this (not measured)
+ORIGINAL_LOSS = 2.0  # fixture: held-out loss of the "original" model
+ENV_KEYS = ("EMPAS_DASHBOARD_RESULTS", "EMPAS_DASHBOARD_VERIFY", "EMPAS_DASHBOARD_PROFILE")
+
+
+def _verify_row(name: str, kind: str, plan: empas.Plan, prof: empas.Profile) -> dict:
+    pred_delta = plan.predicted_loss - prof.baseline
+    delta = pred_delta + MEASURED_OFFSET
+    return {
+        "name": name,
+        "kind": kind,
+        "loss": ORIGINAL_LOSS + delta,
+        "ppl": math.exp(ORIGINAL_LOSS + delta),
+        "bytes": plan.predicted_bytes,
+        "delta": delta,
+        "avg_bits": plan.predicted_avg_bits,
+        "pred_loss": plan.predicted_loss,
+        "pred_bytes": plan.predicted_bytes,
+        "pred_delta": pred_delta,
+        "error": delta - pred_delta,
+        "bits": plan.bits,
+        "rss_mb": None,
+        "gpu_mb": None,
+    }
+
+
+def _write_verify(path: Path, prof: empas.Profile, res: empas.SearchResult) -> dict:
+    n = prof.n_units
+    fp16 = prof.plan([16] * n)
+    rows = [
+        {
+            "name": "original",
+            "kind": "original",
+            "loss": ORIGINAL_LOSS,
+            "ppl": math.exp(ORIGINAL_LOSS),
+            "bytes": fp16.predicted_bytes,
+            "delta": 0.0,
+        }
+    ]
+    names = {16: "fp16", 8: "int8", 4: "int4", 2: "int2"}
+    for b in (16, 8, 4, 2):
+        rows.append(_verify_row(f"uniform-{names[b]}", "uniform", prof.plan([b] * n), prof))
+    i4 = prof.plan([4] * n)
+    rows.append(_verify_row("best_under_int4", "plan", res.best_under(i4.predicted_bytes), prof))
+    for name, p in res.archetypes.items():
+        rows.append(_verify_row(name, "plan", p, prof))
+    alternating = prof.plan([2 if u % 2 else 16 for u in range(n)])  # dominated: off the front
+    rows.append(_verify_row("random-0", "random", alternating, prof))
+    doc = {
+        "format": "empas.verify/1",
+        "meta": {
+            "model": prof.model_name,
+            "loss": "causal_lm",
+            "eval_tokens": 1000,
+            "eval_source": "synthetic test fixture (not a measurement)",
+            "seq_len": 128,
+            "stride": 64,
+            "mode": "packed",
+            "device": "cpu",
+            "original": {"loss": ORIGINAL_LOSS, "ppl": math.exp(ORIGINAL_LOSS)},
+            "profile_baseline": prof.baseline,
+            "clip_search": False,
+        },
+        "rows": rows,
+    }
+    path.write_text(json.dumps(doc, indent=2))
+    return doc
+
+
+@pytest.fixture(scope="module")
+def results_dir(tmp_path_factory):
+    """OUT/profile.json, OUT/search/{result.json,plans}, OUT/verify.json (like `empas demo`)."""
+    out = tmp_path_factory.mktemp("dash")
+    prof = empas.load_profile("example:tinyllama")
+    res = empas.search(prof, method="exact")
+    res.save(out / "search")
+    prof.save(out / "profile.json")
+    _write_verify(out / "verify.json", prof, res)
+    return out, prof, res
+
+
+@pytest.fixture(scope="module")
+def linear_dir(tmp_path_factory):
+    """A result over linear units (model.layers.N.<sublayer>), no verify.json."""
+    out = tmp_path_factory.mktemp("dash_linear")
+    prof = empas.synthetic_profile(n_units=21, seed=0)
+    res = empas.search(prof, method="exact")
+    res.save(out)
+    prof.save(out / "profile.json")
+    return out, prof, res
+
+
+@pytest.fixture
+def app(monkeypatch):
+    """An AppTest factory: ``app(results, verify=None)`` runs the dashboard once."""
+    for k in ENV_KEYS:
+        monkeypatch.delenv(k, raising=False)
+
+    def make(results=None, verify=None):
+        if results is not None:
+            monkeypatch.setenv("EMPAS_DASHBOARD_RESULTS", str(results))
+        if verify is not None:
+            monkeypatch.setenv("EMPAS_DASHBOARD_VERIFY", str(verify))
+        at = AppTest.from_file(str(app_path()), default_timeout=30)
+        return at.run()
+
+    return make
+
+
+def _metric(at, label: str, nth: int = 0) -> str:
+    vals = [m.value for m in at.metric if m.label == label]
+    assert len(vals) > nth, f"no metric {label!r}: {[m.label for m in at.metric]}"
+    return vals[nth]
+
+
+def _bits_caption(at, prefix: str) -> list[int]:
+    for c in at.caption:
+        if c.value.startswith(prefix) and " bits: " in c.value:
+            return [int(b) for b in c.value.split(" bits: ", 1)[1].split()]
+    raise AssertionError(f"no bits caption for {prefix!r}: {[c.value for c in at.caption]}")
+
+
+def _front_index(res: empas.SearchResult, plan: empas.Plan) -> int:
+    return next(i for i in range(len(res.front)) if res.front.bits(i) == plan.bits)
+
+
+def _charts(at) -> list[dict]:
+    return [json.loads(c.proto.spec) for c in at.get("vega_lite_chart")]
+
+
+# -- data layer ----------------------------------------------------------------------
+
+
+def test_load_results_layouts(results_dir):
+    out, prof, res = results_dir
+    for given in (out, out / "search", out / "search" / "result.json"):
+        r = load_results(given)
+        assert r.units == prof.unit_names
+        assert len(r.front) == len(res.front)
+        assert r.front["bytes"].tolist() == res.front.bytes.tolist()
+        assert r.archetypes == res._archetype_index
+        assert r.baseline == pytest.approx(prof.baseline)
+    r = load_results(out)
+    assert r.verify_path == out / "verify.json" and r.warnings == []
+    # Δloss, never raw losses: predicted Δ = predicted loss - profile baseline
+    assert r.front["pred_delta"].tolist() == pytest.approx(
+        (res.front.loss - prof.baseline).tolist()
+    )
+    v = r.verify.set_index("name")
+    assert v.loc["balanced", "delta"] - v.loc["balanced", "pred_delta"] == pytest.approx(
+        MEASURED_OFFSET
+    )
+    assert v.loc["balanced", "front_index"] == res._archetype_index["balanced"]
+    assert r.unit_info["kind"].tolist() == [u.kind for u in prof.units]
+
+
+def test_comparison_table_and_overlay(results_dir, tmp_path):
+    out, _, res = results_dir
+    r = load_results(out)
+    t = D.comparison_table(r).set_index("plan")
+    for name, p in res.archetypes.items():
+        assert t.loc[name, "kind"] == "archetype"
+        assert t.loc[name, "pred loss"] == pytest.approx(p.predicted_loss)
+        assert t.loc[name, "pred MiB"] == pytest.approx(p.predicted_bytes / 2**20)
+        assert t.loc[name, "Δloss"] == pytest.approx(t.loc[name, "pred Δloss"] + MEASURED_OFFSET)
+    assert {"uniform-int4", "uniform-fp16", "original", "best_under_int4"} <= set(t.index)
+    # a row is matched by name only where it measured the same bits
+    doc = json.loads((out / "verify.json").read_text())
+    row = next(x for x in doc["rows"] if x["name"] == "balanced")
+    row["bits"] = [2 if u % 2 else 16 for u in range(len(row["bits"]))]
+    (tmp_path / "verify.json").write_text(json.dumps(doc))
+    t2 = D.comparison_table(load_results(out, tmp_path / "verify.json"))
+    bal = t2[t2["plan"] == "balanced"]
+    assert bal["kind"].tolist() == ["archetype", "plan"]  # the other plan: its own row
+    assert math.isnan(bal["Δloss"].iloc[0]) and not math.isnan(bal["Δloss"].iloc[1])
+    ov = D.front_overlay(r)
+    assert set(ov["series"]) == {
+        "archetype (predicted)",
+        "verified (measured)",
+        "uniform (predicted)",
+        "uniform (measured)",
+    }
+
+
+def test_best_under_matches_search(results_dir):
+    out, _, res = results_dir
+    r = load_results(out)
+    for i in range(len(res.front)):
+        for b in (int(res.front.bytes[i]), int(res.front.bytes[i]) + 1):
+            assert res.front.bits(D.best_under(r, b)) == res.best_under(b).bits
+    assert D.best_under(r, int(res.front.bytes.min()) - 1) is None
+    lo, hi, step = D.budget_slider_range(r)
+    assert D.best_under(r, D.mib_to_bytes(lo)) is None
+    assert D.best_under(r, D.mib_to_bytes(hi)) == len(res.front) - 1
+    assert 0 < step <= hi - lo
+
+
+def test_plan_payloads_are_the_search_plans(results_dir):
+    out, prof, res = results_dir
+    r = load_results(out)
+    for name, plan in res.archetypes.items():
+        assert empas.Plan.from_json(D.plan_json(r, f"archetype:{name}")) == plan
+        assert empas.load_plan(out / "search" / "plans" / f"{name}.json") == plan
+    for i in (0, 7, len(res.front) // 2, len(res.front) - 1):
+        assert empas.Plan.from_json(D.plan_json(r, f"front:{i}")) == res.front[i]
+    budget = int(res.front.bytes[5]) + 10
+    best = res.best_under(budget)
+    got = empas.Plan.from_json(D.plan_json(r, f"best:{D.best_under(r, budget)}"))
+    assert got == best and got.archetype == "best_under_budget"
+    # a verified plan off the front: its bits, predicted and measured numbers
+    off = r.verify.set_index("name").loc["random-0"]
+    assert off["front_index"] is pd.NA
+    bits = [2 if u % 2 else 16 for u in range(prof.n_units)]
+    p = empas.Plan.from_json(D.plan_json(r, "verify:random-0"))
+    assert p.bits == bits and p.archetype == "random-0"
+    assert p.predicted == prof.plan(bits).predicted
+    assert p.measured["loss"] == pytest.approx(off["loss"])
+    # one on the front: the front plan, named as verified
+    p = empas.Plan.from_json(D.plan_json(r, "verify:uniform-int2"))
+    assert p.bits == [2] * prof.n_units and p.archetype == "uniform-int2"
+    assert p.predicted == res.front[0].predicted
+    assert set(D.plan_options(r)) >= {"archetype:balanced", "verify:uniform-int4", "front:0"}
+
+
+def test_precision_map_layouts(results_dir, linear_dir):
+    r = load_results(results_dir[0])
+    df, layout = D.precision_map(r, r.front["bits"].iloc[3])
+    assert layout == "bar" and df["block"].tolist() == list(range(22))  # layer_0 ... layer_21
+    lr = load_results(linear_dir[0])
+    df, layout = D.precision_map(lr, lr.front["bits"].iloc[3])
+    assert layout == "heatmap"
+    assert df["sub"].iloc[:7].tolist() == [
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        "self_attn.o_proj",
+        "mlp.gate_proj",
+        "mlp.up_proj",
+        "mlp.down_proj",
+    ]
+    assert D.parse_unit("model.layers.3.mlp") == (3, "mlp")
+    assert D.parse_unit("model.layers.3") == (3, "block")
+    assert D.parse_unit("lm_head") is None
+
+
+def test_no_profile_falls_back(results_dir, tmp_path):
+    """Without a profile (nor verify meta), predicted Δloss is unknown: said, not guessed."""
+    _, _, res = results_dir
+    doc = json.loads(res.to_json())
+    doc["profile"] = {"path": str(tmp_path / "gone.json"), "model": "m", "fingerprint": "x"}
+    (tmp_path / "result.json").write_text(json.dumps(doc))
+    r = load_results(tmp_path)
+    assert r.baseline is None and not r.has_delta
+    assert any("no profile found" in w for w in r.warnings)
+    assert D.plan_view(r, "front:0").pred_delta is None
+
+
+def _bad_inputs(base: Path, out: Path, prof: empas.Profile) -> dict:
+    """name -> (results, verify, expected message fragment)."""
+    (base / "empty").mkdir()
+    (base / "malformed").mkdir()
+    (base / "malformed" / "result.json").write_text('{"format": "empas.search/1", "units": [')
+    (base / "other").mkdir()
+    (base / "other" / "result.json").write_text(json.dumps({"format": "empas.plan/1"}))
+    doc = json.loads((out / "verify.json").read_text())
+    for row in doc["rows"]:
+        if row.get("bits"):
+            row["bits"] = row["bits"][:6]  # a 6-unit model's verify.json
+    (base / "mismatch.json").write_text(json.dumps(doc))
+    (base / "badverify.json").write_text("{not json")
+    return {
+        "missing dir": (base / "nope", None, "results directory not found"),
+        "no result.json": (base / "empty", None, "no result.json"),
+        "malformed result": (base / "malformed", None, "malformed JSON"),
+        "wrong format": (base / "other", None, "not an EMPAS search result"),
+        "verify of another model": (
+            out,
+            base / "mismatch.json",
+            f"has 6 bit widths but {out / 'search' / 'result.json'} has {prof.n_units} units",
+        ),
+        "malformed verify": (out, base / "badverify.json", "malformed JSON in verify report"),
+        "missing verify": (out, base / "absent.json", "verify file not found"),
+    }
+
+
+def test_load_results_errors(results_dir, tmp_path):
+    out, prof, _ = results_dir
+    for name, (results, verify, msg) in _bad_inputs(tmp_path, out, prof).items():
+        with pytest.raises(DashboardError) as ei:
+            load_results(results, verify)
+        assert msg in str(ei.value), name
+        assert isinstance(ei.value, ValueError)
+    other = tmp_path / "other_profile.json"
+    empas.synthetic_profile(n_units=22).save(other)
+    with pytest.raises(DashboardError, match="not the profile of .*result.json"):
+        load_results(out, profile=other)
+
+
+# -- the app ---------------------------------------------------------------------------
+
+
+def test_app_renders_results(app, results_dir):
+    out, prof, res = results_dir
+    at = app(out)
+    assert not at.exception
+    assert not at.error, [e.value for e in at.error]
+    assert not at.warning, [w.value for w in at.warning]
+    assert at.title[0].value == "EMPAS dashboard"
+    assert at.slider(key="budget_mib")
+    assert at.selectbox(key="plan_choice").value == "archetype:balanced"
+    assert {b.key for b in at.get("download_button")} == {"explorer_download", "budget_download"}
+    # front chart: predicted front + overlays, zoom/pan (interval bound to scales)
+    specs = _charts(at)
+    front = specs[0]
+    assert "layer" in front
+    assert any(p.get("bind") == "scales" for p in front["params"])  # zoom/pan
+    text = json.dumps(front)
+    for series in ("front (predicted)", "verified (measured)", "uniform (measured)"):
+        assert series in text
+    # comparison table: archetypes with measured numbers, and the uniform baselines
+    tables = [d.value for d in at.dataframe if "pred Δloss" in d.value.columns]
+    assert len(tables) == 1
+    t = tables[0].set_index("plan")
+    assert set(res.archetypes) | {"uniform-int4", "uniform-fp16"} <= set(t.index)
+    # explorer: balanced archetype's metrics and precision map
+    bal = res.archetypes["balanced"]
+    assert _bits_caption(at, "archetype balanced") == bal.bits
+    assert _metric(at, "Predicted loss") == f"{bal.predicted_loss:.4f}"
+    assert _metric(at, "Predicted Δloss") == f"{bal.predicted_loss - prof.baseline:.4f}"
+    meas = bal.predicted_loss - prof.baseline + MEASURED_OFFSET
+    assert _metric(at, "Measured Δloss") == f"{meas:.4f}"
+    assert any("Bits per unit: archetype balanced" in json.dumps(s) for s in specs)
+
+
+def test_app_budget_slider_picks_best_plan(app, results_dir):
+    out, _, res = results_dir
+    at = app(out)
+    r = load_results(out)
+    lo, hi, step = D.budget_slider_range(r)
+    for mib in (lo + (hi - lo) * 0.1, 409.5, (lo + hi) / 2, hi):
+        mib = round(mib / step) * step
+        at.slider(key="budget_mib").set_value(mib).run()
+        assert not at.exception and not at.error
+        best = res.best_under(D.mib_to_bytes(mib))
+        i = _front_index(res, best)
+        assert _metric(at, "Best plan under budget") == f"front #{i}"
+        assert _bits_caption(at, f"front #{i}") == best.bits
+        assert _metric(at, "Predicted loss", nth=1) == f"{best.predicted_loss:.4f}"
+    at.slider(key="budget_mib").set_value(lo).run()
+    assert not at.exception
+    assert any("No plan on the front fits" in w.value for w in at.warning)
+
+
+def test_app_selectbox_switches_plan(app, results_dir):
+    out, prof, res = results_dir
+    at = app(out)
+    for name in ("max_accuracy", "max_compression"):
+        at.selectbox(key="plan_choice").set_value(f"archetype:{name}").run()
+        assert not at.exception and not at.error
+        p = res.archetypes[name]
+        assert _bits_caption(at, f"archetype {name}") == p.bits
+        assert _metric(at, "Predicted loss") == f"{p.predicted_loss:.4f}"
+        assert any(f"Bits per unit: archetype {name}" in json.dumps(s) for s in _charts(at))
+    at.selectbox(key="plan_choice").set_value("front:3").run()
+    assert _bits_caption(at, "front #3") == res.front.bits(3)
+    at.selectbox(key="plan_choice").set_value("verify:random-0").run()
+    assert not at.exception and not at.error
+    bits = [2 if u % 2 else 16 for u in range(prof.n_units)]
+    assert _bits_caption(at, "verified random-0") == bits
+    assert _metric(at, "Predicted loss") == f"{prof.plan(bits).predicted_loss:.4f}"
+
+
+def test_app_heatmap_for_linear_units(app, linear_dir):
+    out, _, res = linear_dir
+    at = app(out)
+    assert not at.exception and not at.error
+    assert not at.warning, [w.value for w in at.warning]
+    specs = [s for s in _charts(at) if "Bits per unit" in json.dumps(s)]
+    assert specs and all('"rect"' in json.dumps(s) for s in specs)
+    assert _metric(at, "Measured Δloss") == "–"  # nothing verified
+
+
+def test_app_bad_inputs_show_errors(app, results_dir, tmp_path):
+    out, prof, _ = results_dir
+    for name, (results, verify, msg) in _bad_inputs(tmp_path, out, prof).items():
+        at = app(results, verify)
+        assert not at.exception, name
+        assert len(at.error) == 1 and msg in at.error[0].value, (name, [e.value for e in at.error])
+
+
+def test_app_sidebar_changes_directory(app, results_dir, tmp_path):
+    out, _, _ = results_dir
+    at = app(out)
+    assert not at.error
+    at.sidebar.text_input(key="results_path").input(str(tmp_path / "nope")).run()
+    assert not at.exception
+    assert "results directory not found" in at.error[0].value
+    at.sidebar.text_input(key="results_path").input(str(out)).run()
+    assert not at.error and at.slider(key="budget_mib")
+
+
+def test_app_reads_cli_args(app, results_dir, monkeypatch):
+    """`streamlit run app.py -- --results DIR --verify FILE` (streamlit sets sys.argv so)."""
+    out = results_dir[0]
+    argv = [str(app_path()), "--results", str(out), "--verify", str(out / "verify.json")]
+    monkeypatch.setattr(sys, "argv", argv)
+    at = app()
+    assert not at.exception and not at.error
+    assert at.sidebar.text_input(key="results_path").value == str(out)
+    assert f"verify: `{out / 'verify.json'}`" in at.caption[0].value
+    at.checkbox(key="front_log_y").check().run()
+    assert not at.exception and not at.error
+    assert '"symlog"' in json.dumps(_charts(at)[0])
+
+
+def test_app_without_input_asks_for_a_directory(app):
+    at = app()
+    assert not at.exception and not at.error
+    assert "Enter a results directory" in at.info[0].value
+
+
+# -- launch --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_popen(monkeypatch):
+    def popen(*a, **k):
+        raise AssertionError("launch started a process on bad input")
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+
+
+def test_launch_port_in_use(results_dir, no_popen):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        with pytest.raises(DashboardError, match=f"127.0.0.1:{port} is in use"):
+            launch(results_dir[0], port=port)
+
+
+def test_launch_bad_results_fail_before_starting(tmp_path, no_popen):
+    with pytest.raises(DashboardError, match="results directory not found"):
+        launch(tmp_path / "missing", port=_free_port())
+    with pytest.raises(DashboardError, match="no result.json"):
+        launch(tmp_path, port=_free_port())
+
+
+class _FakeProc:
+    def __init__(self, cmd, interrupt=False):
+        self.cmd, self.interrupt, self.terminated = cmd, interrupt, False
+
+    def wait(self, timeout=None):
+        if self.interrupt and not self.terminated:
+            raise KeyboardInterrupt
+        return -15 if self.terminated else 0
+
+    def terminate(self):
+        self.terminated = True
+
+    def kill(self):  # pragma: no cover
+        self.terminated = True
+
+
+def test_launch_command_and_ctrl_c(results_dir, monkeypatch):
+    out = results_dir[0]
+    procs = []
+
+    def popen(cmd, interrupt=False):
+        procs.append(_FakeProc(cmd, interrupt))
+        return procs[-1]
+
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    port = _free_port()
+    assert launch(out, verify=out / "verify.json", port=port) == 0
+    cmd = procs[0].cmd
+    assert cmd[:5] == [sys.executable, "-m", "streamlit", "run", str(app_path())]
+    i = cmd.index("--")
+    assert cmd[i + 1 :] == [
+        "--results",
+        str(out.resolve()),
+        "--verify",
+        str((out / "verify.json").resolve()),
+    ]
+    opts = dict(zip(cmd[5:i:2], cmd[6:i:2]))
+    assert opts == {
+        "--server.address": "127.0.0.1",
+        "--server.port": str(port),
+        "--server.headless": "true",
+        "--browser.gatherUsageStats": "false",
+    }
+    monkeypatch.setattr(subprocess, "Popen", lambda cmd: popen(cmd, interrupt=True))
+    assert launch(out, port=port) == 130 and procs[-1].terminated
+
+
+def test_import_empas_does_not_import_streamlit():
+    code = (
+        "import sys, empas, empas.dashboard; "
+        "assert 'streamlit' not in sys.modules and 'altair' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_launch_serves_and_stops_on_ctrl_c(results_dir):
+    out = results_dir[0]
+    port = _free_port()
+    code = (
+        "import sys; from empas.dashboard import launch; "
+        f"sys.exit(launch({str(out)!r}, port={port}))"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    try:
+        deadline, ok = time.monotonic() + 60, False
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{port}/_stcore/health", timeout=2
+                ) as r:
+                    ok = r.status == 200
+                    break
+            except OSError:
+                time.sleep(0.5)
+        assert ok, "the dashboard did not answer its health check"
+        os.kill(proc.pid, signal.SIGINT)  # Ctrl-C: launch stops the server, returns 130
+        assert proc.wait(timeout=30) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
