@@ -567,3 +567,12 @@ def test_launch_serves_and_stops_on_ctrl_c(results_dir):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_cli_dashboard_bad_input_exits_2(tmp_path, capsys):
+    """`empas dashboard` checks its inputs before starting Streamlit: exit 2."""
+    from empas.cli import main
+
+    assert main(["dashboard", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert "empas dashboard: error:" in err and "nope" in err
