@@ -140,6 +140,11 @@ def main() -> int:
         a.requests, a.max_new_tokens = 6, 8
     path = tiny_llama(verbose=False)
     plans = make_plans(path, a)
+    from transformers import AutoModelForCausalLM
+
+    from empas.apply import weight_bytes
+
+    fp32_bytes = weight_bytes(AutoModelForCausalLM.from_pretrained(str(path)))
     t0 = time.perf_counter()
     limits = Limits(
         max_concurrency=a.server_concurrency,
@@ -187,27 +192,28 @@ def main() -> int:
     )
     print(f"   {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}")
     head = (
-        f"{'plan':<10}{'weights MB':>11}{'tok/s':>8}{'x fp16':>8}{'req tok/s':>10}"
+        f"{'plan':<10}{'weights MiB':>12}{'tok/s':>8}{'x fp16':>8}{'req tok/s':>10}"
         f"{'p50 ms':>9}{'p95 ms':>9}{'server p50':>11}{'errors':>7}"
     )
     print(head)
     for name in names:
         r = results[name]
         print(
-            f"{name:<10}{r['packed_bytes'] / 2**20:>11.2f}{r['tokens_per_s']:>8.1f}"
+            f"{name:<10}{r['packed_bytes'] / 2**20:>12.2f}{r['tokens_per_s']:>8.1f}"
             f"{r['vs_fp16']:>8.2f}{r['per_request_tokens_per_s_median']:>10.1f}"
             f"{r['latency_ms_p50']:>9.0f}{r['latency_ms_p95']:>9.0f}{r['server_ms_p50']:>11.0f}"
             f"{r['errors']:>7}"
         )
     print(
-        f"all plans held at once: {health['weight_bytes'] / 2**20:.2f} MB of weights "
-        f"(load + pack {load_s:.1f} s)"
+        f"all plans held at once: {health['weight_bytes'] / 2**20:.2f} MiB of weights; the fp32 "
+        f"model alone: {fp32_bytes / 2**20:.2f} MiB (load + pack {load_s:.1f} s)"
     )
     out = {
         "machine": machine,
         "settings": {**vars(a), "model": str(path), "context": ctx, "limits": health["limits"]},
         "load_s": load_s,
         "weight_bytes_all_plans": health["weight_bytes"],
+        "weight_bytes_fp32_model": fp32_bytes,
         "plans": results,
     }
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
