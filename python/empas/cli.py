@@ -124,7 +124,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     d.add_argument("--eval", help="held-out text file (default: the offline corpus' eval pages)")
     d.add_argument("--units", default="sublayer", choices=["block", "sublayer", "linear"])
     _comma(d.add_argument("--bits", default="2,3,4,8", help="bit widths (0 = drop a block)"))
-    d.add_argument("--n-tokens", type=int, help="calibration tokens (default 32 sequences)")
+    d.add_argument("--n-tokens", type=int, default=16384, help="calibration tokens")
     d.add_argument("--seq-len", type=int, help="tokens per sequence (default: the context)")
     d.add_argument("--batch-size", type=int, default=4)
     d.add_argument("--method", choices=["nsga2", "exact"], default="nsga2")
