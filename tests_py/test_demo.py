@@ -57,6 +57,9 @@ def test_demo_writes_every_stage_and_a_report(demo_run, capsys):
     bal = empas.load_plan(out / "plans" / "balanced.json")
     assert bal.measured["loss"] == pytest.approx(rows["balanced"]["loss"])
     assert bal.bits == rows["balanced"]["bits"]
+    for f in (out / "plans").glob("*.json"):  # named as the report's rows, all measured
+        p = empas.load_plan(f)
+        assert p.archetype == f.stem and p.measured["loss"] == pytest.approx(rows[f.stem]["loss"])
 
     # exports: a packed checkpoint that loads back at the plan's bytes, and runtime configs
     ex = out / "export"

@@ -241,8 +241,9 @@ def run_demo(
     empas._native.core().write_file_atomic(str(vpath), json.dumps(_clean(doc), indent=2) + "\n")
     files["verify"] = vpath
     for name, p in rep.plans.items():
-        if p.archetype is None:
-            p.archetype = name
+        # named as in the report (best_under_int4 comes from best_under(), which labels
+        # its plans best_under_budget), so that serve and dashboard match the rows
+        p.archetype = name
         files[f"plan:{name}"] = p.save(outp / "plans" / f"{name}.json")
     try:
         import matplotlib
