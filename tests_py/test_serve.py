@@ -118,6 +118,32 @@ def test_variants_share_unquantized_tensors(server, plans, tiny_profile):
     assert server.weight_bytes() == shared + sum(i["own_bytes"] for i in info.values())
 
 
+def test_identical_plans_share_one_model(tiny_model_path, tiny_profile):
+    """Plans with the same bits (e.g. max_compression = uniform int2, or a loaded
+    uniform fp16 next to the built-in fp16) are packed once and served by one model."""
+    p2 = uniform_plan(tiny_profile, 2)
+    s = PlanServer(
+        tiny_model_path,
+        {"int2": p2, "max_compression": uniform_plan(tiny_profile, 2),
+         "uniform-fp16": uniform_plan(tiny_profile, 16)},
+    )  # fmt: skip
+    v = s.variants
+    assert v["int2"].model is v["max_compression"].model
+    assert v["fp16"].model is v["uniform-fp16"].model
+    info = {i["name"]: i for i in s.plans_info()}
+    assert info["max_compression"]["own_bytes"] == 0 and info["fp16"]["own_bytes"] == 0
+    assert info["max_compression"]["packed_bytes"] == p2.predicted_bytes
+    assert (
+        s.weight_bytes()
+        == PlanServer(
+            tiny_model_path, {"int2": p2, "uniform-fp16": uniform_plan(tiny_profile, 16)}
+        ).weight_bytes()
+    )
+    a = s.generate("The for statement", plan="int2", max_new_tokens=6)
+    b = s.generate("The for statement", plan="max_compression", max_new_tokens=6)
+    assert a["token_ids"] == b["token_ids"] and b["plan"] == "max_compression"
+
+
 def test_plans_info_predicted_and_measured(server, plans):
     info = {i["name"]: i for i in server.plans_info()}
     assert info["uniform-int8"]["measured"] == {

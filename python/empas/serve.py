@@ -362,7 +362,13 @@ class PlanServer:
         base_keys = set(_tensor_keys(base))
 
         self.variants: dict[str, _Variant] = {}
+        built: dict[str, _Variant] = {}  # identical plans (same units, bits, quantizer) share
         for name, plan in items:
+            key = json.dumps([plan.unit_names, plan.bits, plan.quantizer], sort_keys=True)
+            if key in built:
+                same = built[key]
+                self.variants[name] = _Variant(name, plan, same.model, same.packed_bytes, 0)
+                continue
             variant = _shared_copy(base)
             try:
                 apply_plan(variant, plan, mode="packed")
@@ -372,7 +378,9 @@ class PlanServer:
                 raise ServeError(f"plan {name!r}: {exc}") from exc
             variant.eval()
             own = sum(b for k, b in _tensor_keys(variant).items() if k not in base_keys)
-            self.variants[name] = _Variant(name, plan, variant, weight_bytes(variant), own)
+            self.variants[name] = built[key] = _Variant(
+                name, plan, variant, weight_bytes(variant), own
+            )
         # The variants hold the shared tensors; dropping the base frees its
         # full-precision linear weights (no plan uses them: every planned linear is
         # packed, half or dropped in each variant).
