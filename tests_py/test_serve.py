@@ -444,6 +444,26 @@ def test_http_bad_requests(live, body, status, match):
     assert re.search(match, json.dumps(r.json()["detail"])), r.json()
 
 
+def test_http_oversized_body_is_413_before_parsing(live, server):
+    """A body over max_body_bytes gets 413, by Content-Length or while a chunked
+    body streams in; the server keeps answering."""
+    bg, c = live
+    limit = server.limits.max_body_bytes
+    big = '{"prompt": "' + "x" * (limit + 10) + '"}'
+    r = c.post("/generate", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "max_body_bytes" in r.json()["detail"]
+
+    def chunks():
+        yield b'{"prompt": "'
+        for _ in range(limit // 1000 + 2):
+            yield b"y" * 1000
+        yield b'"}'
+
+    r = c.post("/generate", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "max_body_bytes" in r.json()["detail"]
+    assert c.get("/health").json()["status"] == "ok"
+
+
 def test_http_malformed_json_and_health_after(live):
     _, c = live
     r = c.post(

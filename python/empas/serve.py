@@ -93,6 +93,7 @@ class Limits:
     max_new_tokens: int = 256  # cap; prompt + new tokens must also fit the model context
     max_concurrency: int = 2  # generations running at once
     max_queue: int = 8  # requests waiting beyond that; more get 429 at once
+    max_body_bytes: int | None = None  # default: 4 bytes per prompt character + 16 KiB
 
     def __post_init__(self) -> None:
         for name in ("max_prompt_chars", "max_new_tokens", "max_concurrency"):
@@ -106,6 +107,51 @@ class Limits:
         mpt = self.max_prompt_tokens
         if mpt is not None and (not isinstance(mpt, int) or isinstance(mpt, bool) or mpt < 1):
             raise ServeError(f"Limits.max_prompt_tokens must be a positive integer, got {mpt!r}")
+        mb = self.max_body_bytes
+        if mb is None:
+            self.max_body_bytes = 4 * self.max_prompt_chars + 16384
+        elif not isinstance(mb, int) or isinstance(mb, bool) or mb < 1:
+            raise ServeError(f"Limits.max_body_bytes must be a positive integer, got {mb!r}")
+
+
+class _BodyLimit:
+    """ASGI middleware: a request body over ``limit`` bytes is answered 413 before it
+    is read into memory (by its Content-Length, or while a chunked body streams in)."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    def _too_large(self):
+        from fastapi import HTTPException
+
+        return HTTPException(
+            status_code=413,
+            detail=f"request body over {self.limit:,} bytes (the server's max_body_bytes)",
+        )
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        for k, v in scope.get("headers") or []:
+            if k == b"content-length" and v.isdigit() and int(v) > self.limit:
+                from fastapi.responses import JSONResponse
+
+                exc = self._too_large()
+                return await JSONResponse({"detail": exc.detail}, status_code=413)(
+                    scope, receive, send
+                )
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.limit:
+                    raise self._too_large()
+            return msg
+
+        return await self.app(scope, limited, send)
 
 
 # ----------------------------------------------------------------------------
@@ -618,6 +664,7 @@ def create_app(server: PlanServer):
         ),
     )
     lim = server.limits
+    app.add_middleware(_BodyLimit, limit=lim.max_body_bytes)
     state = {"running": 0, "admitted": 0}
     sem_box: dict[str, asyncio.Semaphore] = {}
 
