@@ -555,13 +555,9 @@ def _cmd_profile(a: argparse.Namespace) -> int:
 
 
 def _model_arg(model: str):
-    import empas
+    from empas.models import resolve
 
-    if model == "example:tiny-llama":
-        return empas.models.tiny_llama()
-    if model.startswith("example:"):
-        raise ValueError(f"unknown example model {model!r}; the example is example:tiny-llama")
-    return model
+    return resolve(model, verbose=True)
 
 
 def _plan_files(items: list[str]) -> list:
@@ -583,11 +579,10 @@ def _plan_files(items: list[str]) -> list:
 
 
 def _cmd_verify(a: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
     import empas
-    from empas.verify import _clean, fidelity, verify
+    from empas.verify import fidelity, verify, write_json
 
     out = Path(a.out)
     for f in [out] + ([Path(a.plot)] if a.plot else []):
@@ -640,10 +635,8 @@ def _cmd_verify(a: argparse.Namespace) -> int:
         **kw,
     )
     print(rep.table())
-    doc = rep.to_dict()
-    names = {r["name"] for r in rep.rows}
-    if {"uniform-int4", "uniform-fp16", "best_under_int4"} <= names:
-        doc["honesty"] = rep.honesty("best_under_int4")
+    doc = rep.document()
+    if "honesty" in doc:
         print(doc["honesty"]["verdict"])
     if a.fidelity:
         if prof is None:
@@ -651,14 +644,9 @@ def _cmd_verify(a: argparse.Namespace) -> int:
         fid = fidelity(model, prof, ev, n_random=a.fidelity, front=list(plans.values()), **kw)
         print(fid)
         doc["fidelity"] = fid.to_dict()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    empas._native.core().write_file_atomic(str(out), json.dumps(_clean(doc), indent=2) + "\n")
+    write_json(out, doc)
     if a.plot:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        ax = rep.plot()
-        ax.figure.savefig(a.plot, dpi=120, bbox_inches="tight")
+        rep.save_plot(a.plot)
         print(f"wrote {a.plot}")
     print(f"wrote {out}")
     return 0

@@ -16,7 +16,6 @@ runtime configs) → a short report, and everything on disk:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -144,15 +143,11 @@ def run_demo(
     # 1. the model -----------------------------------------------------------
     t = _stage(log, 1, n, f"model: {model}")
     model_label = str(model)
-    if str(model) == "example:tiny-llama":
-        path = empas.models.tiny_llama(verbose=progress)
+    path = Path(empas.models.resolve(str(model), verbose=progress))
+    if str(model) == empas.models.EXAMPLE:
         log(f"      the offline Llama model (trained once, cached): {path}")
-    elif str(model).startswith("example:"):
-        raise ValueError(f"unknown example model {model!r}; the example is example:tiny-llama")
-    else:
-        path = Path(model)
-        if not path.exists():
-            raise FileNotFoundError(f"model path {str(path)!r} does not exist")
+    elif not path.exists():
+        raise FileNotFoundError(f"model path {str(path)!r} does not exist")
     if calib is None:
         calib = empas.models.corpus("train")
     if eval_text is None:
@@ -229,32 +224,18 @@ def run_demo(
         device=device,
         progress=progress,
     )
-    doc = rep.to_dict()
-    names = {r["name"] for r in rep.rows}
-    honesty = None
-    if {"uniform-int4", "uniform-fp16", "best_under_int4"} <= names:
-        honesty = rep.honesty("best_under_int4")
-        doc["honesty"] = honesty
-    from empas.verify import _clean
+    from empas.verify import write_json
 
-    vpath = outp / "verify.json"
-    empas._native.core().write_file_atomic(str(vpath), json.dumps(_clean(doc), indent=2) + "\n")
-    files["verify"] = vpath
+    doc = rep.document()
+    honesty = doc.get("honesty")
+    files["verify"] = write_json(outp / "verify.json", doc)
     for name, p in rep.plans.items():
         # named as in the report (best_under_int4 comes from best_under(), which labels
         # its plans best_under_budget), so that serve and dashboard match the rows
         p.archetype = name
         files[f"plan:{name}"] = p.save(outp / "plans" / f"{name}.json")
     try:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-
-        ax = rep.plot()
-        ax.figure.savefig(outp / "verify.png", dpi=120, bbox_inches="tight")
-        plt.close(ax.figure)
-        files["verify_plot"] = outp / "verify.png"
+        files["verify_plot"] = rep.save_plot(outp / "verify.png")
     except ImportError:
         log("      note: no matplotlib; verify.png not written")
     timings["verify_s"] = time.perf_counter() - t
@@ -301,16 +282,10 @@ def run_demo(
     report = _report(
         model_label, path, prof, res, exact, hv_ratio, rep, honesty, chosen, skipped, timings
     )
+    files["report"] = rj = outp / "report.json"
+    files["report_md"] = rm = outp / "report.md"
     report["files"] = {k: str(v) for k, v in files.items()}
-    rj = outp / "report.json"
-    rm = outp / "report.md"
-    files["report"] = rj
-    files["report_md"] = rm
-    report["files"]["report"] = str(rj)
-    report["files"]["report_md"] = str(rm)
-    empas._native.core().write_file_atomic(
-        str(rj), json.dumps(_clean(report), indent=2, allow_nan=False) + "\n"
-    )
+    write_json(rj, report)
     text = report_text(report)
     empas._native.core().write_file_atomic(str(rm), "```\n" + text + "\n```\n")
     return DemoResult(outp, prof, res, exact, rep, report, files)

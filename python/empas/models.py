@@ -24,7 +24,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-__all__ = ["TinyLlamaConfig", "cache_dir", "corpus", "minilm_path", "tiny_llama"]
+__all__ = ["TinyLlamaConfig", "cache_dir", "corpus", "minilm_path", "resolve", "tiny_llama"]
+
+EXAMPLE = "example:tiny-llama"
 
 _EOS = "</s>"
 _BOS = "<s>"
@@ -35,6 +37,17 @@ def cache_dir() -> Path:
     """Where trained models are cached: ``$EMPAS_CACHE`` or ``~/.cache/empas``."""
     root = os.environ.get("EMPAS_CACHE")
     return Path(root) if root else Path.home() / ".cache" / "empas"
+
+
+def resolve(model, verbose: bool = False):
+    """A model argument as the tools take it: ``"example:tiny-llama"`` becomes the
+    offline model's directory (trained once, then cached); any other ``example:``
+    name is a ValueError; paths and model objects pass through unchanged."""
+    if isinstance(model, str) and model.startswith("example:"):
+        if model != EXAMPLE:
+            raise ValueError(f"unknown example model {model!r}; the example is {EXAMPLE}")
+        return tiny_llama(verbose=verbose)
+    return model
 
 
 def corpus(split: str | None = None) -> tuple[list[str], list[str]] | list[str]:

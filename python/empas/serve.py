@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import errno
 import inspect
 import itertools
 import json
@@ -195,15 +194,14 @@ class GenerateResponse(BaseModel):
 
 
 def _load_base(model, tokenizer, device) -> tuple[Any, Any, str]:
+    from .models import resolve
     from .profiling import _load
 
-    name = None
-    if isinstance(model, str) and model.startswith("example:"):
-        if model != "example:tiny-llama":
-            raise ServeError(f"unknown example model {model!r}; the example is example:tiny-llama")
-        from .models import tiny_llama
-
-        name, model = model, tiny_llama()
+    name = model if isinstance(model, str) and model.startswith("example:") else None
+    try:
+        model = resolve(model)
+    except ValueError as exc:  # an unknown example name
+        raise ServeError(str(exc)) from None
     m, tok, _, loaded_name = _load(model, device, tokenizer)
     if tok is None:
         raise ServeError(
@@ -774,21 +772,10 @@ def _version() -> str:
 def bind_socket(host: str = "127.0.0.1", port: int = 8000) -> socket.socket:
     """A TCP socket bound to host:port and listening (port 0: a free port). Raises
     ServeError when the port is in use."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    # SO_REUSEADDR (as uvicorn sets it) only allows re-binding a port in TIME_WAIT:
-    # Linux still refuses a port on which another socket listens.
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, int(port)))
-        sock.listen(2048)
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise ServeError(
-                f"{host}:{port} is already in use (another empas serve?); pick another --port"
-            ) from None
-        raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    from ._net import listen
+
+    in_use = "{host}:{port} is already in use (another empas serve?); pick another --port"
+    sock = listen(host, int(port), ServeError, in_use)
     sock.set_inheritable(True)
     return sock
 

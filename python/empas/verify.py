@@ -327,6 +327,28 @@ class VerifyReport:
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(_clean(self.to_dict()), indent=indent, allow_nan=False)
 
+    def document(self, **extra: Any) -> dict[str, Any]:
+        """to_dict() plus the honesty check (when the report holds uniform-fp16,
+        uniform-int4 and best_under_int4) and ``extra`` sections: what ``empas verify``
+        and ``empas demo`` write as verify.json."""
+        doc = self.to_dict()
+        if {"uniform-int4", "uniform-fp16", "best_under_int4"} <= {r["name"] for r in self.rows}:
+            doc["honesty"] = self.honesty("best_under_int4")
+        doc.update(extra)
+        return doc
+
+    def save_plot(self, path: str | os.PathLike) -> Path:
+        """Writes :meth:`plot` as an image (PNG by the suffix) and closes the figure."""
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        ax = self.plot()
+        ax.figure.savefig(path, dpi=120, bbox_inches="tight")
+        plt.close(ax.figure)
+        return Path(path)
+
     def save(self, path: str | os.PathLike) -> Path:
         from ._native import core
 
@@ -420,6 +442,16 @@ class VerifyReport:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         return ax
+
+
+def write_json(path: str | os.PathLike, doc: dict[str, Any]) -> Path:
+    """Writes a report document atomically (non-finite numbers as null)."""
+    from ._native import core
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    core().write_file_atomic(str(path), json.dumps(_clean(doc), indent=2) + "\n")
+    return path
 
 
 def _clean(obj):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -43,21 +42,12 @@ def app_path() -> Path:
 def _check_port(host: str, port: int) -> None:
     if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
         raise DashboardError(f"port must be an integer in 1..65535, got {port!r}")
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise DashboardError(f"cannot resolve host {host!r}: {exc}") from None
-    family, _, _, _, addr = infos[0]
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        # as the server will bind: SO_REUSEADDR ignores TIME_WAIT leftovers, not listeners
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(addr)
-        except OSError as exc:
-            raise DashboardError(
-                f"{host}:{port} is in use or cannot be bound ({exc.strerror or exc}); "
-                "pass another port"
-            ) from None
+    from .._net import listen
+
+    # as Streamlit will bind it; closed again at once (Streamlit binds it itself)
+    listen(
+        host, port, DashboardError, "{host}:{port} is in use ({reason}); pass another port"
+    ).close()
 
 
 def command(
