@@ -3,12 +3,14 @@
 
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <limits>
 #include <map>
 #include <string>
 
 #include "empas/error.hpp"
 #include "empas/formats.hpp"
+#include "empas/version.hpp"
 
 using namespace empas;
 using json = nlohmann::json;
@@ -494,4 +496,40 @@ TEST(Files, AtomicWriteAndRead) {
   EXPECT_THROW(read_file(path + ".missing"), ValueError);
   EXPECT_THROW(write_file_atomic("/nonexistent-dir/x.json", "{}"), ValueError);
   fs::remove_all(dir);
+}
+
+TEST(Version, FormatIdsAreTheOnesTheFilesUse) {
+  EXPECT_STREQ(kProfileFormat, "empas.sensitivity/1");
+  EXPECT_STREQ(kPlanFormat, "empas.plan/1");
+  EXPECT_STREQ(kNsga2CheckpointFormat, "empas.nsga2-checkpoint/1");
+  const Profile prof = Profile::from_json(small_profile());
+  EXPECT_EQ(prof.to_json().at("format"), kProfileFormat);
+  const Plan plan = make_plan(prof, prof.to_problem({}), {1, 0});
+  EXPECT_EQ(plan.to_json().at("format"), kPlanFormat);
+  EXPECT_EQ(plan.provenance.at("empas_version"), kVersion);
+  // kFormats lists each identifier once, under a distinct name.
+  std::map<std::string, std::string> by_name;
+  for (const FormatId& f : kFormats) EXPECT_TRUE(by_name.emplace(f.name, f.id).second) << f.name;
+  EXPECT_EQ(by_name, (std::map<std::string, std::string>{{"profile", kProfileFormat},
+                                                         {"plan", kPlanFormat},
+                                                         {"nsga2_checkpoint", kNsga2CheckpointFormat}}));
+}
+
+TEST(Version, IsPyprojectVersion) {
+  // pyproject.toml ([project] version) is the one place the version is written.
+  std::ifstream f(kSrc + "/pyproject.toml");
+  ASSERT_TRUE(f) << "cannot read pyproject.toml";
+  std::string line, version;
+  bool in_project = false;
+  while (std::getline(f, line)) {
+    if (!line.empty() && line[0] == '[') in_project = line.rfind("[project]", 0) == 0;
+    if (in_project && line.rfind("version", 0) == 0) {
+      const auto a = line.find('"'), b = line.find('"', a + 1);
+      if (a != std::string::npos && b != std::string::npos) version = line.substr(a + 1, b - a - 1);
+      break;
+    }
+  }
+  EXPECT_FALSE(version.empty()) << "no version in the [project] table of pyproject.toml";
+  EXPECT_EQ(std::string(kVersion), version);
+  EXPECT_STREQ(kVersion, EMPAS_VERSION);
 }

@@ -15,6 +15,7 @@
 #include "empas/hypervolume.hpp"
 #include "empas/nsga2.hpp"
 #include "empas/pareto.hpp"
+#include "empas/version.hpp"
 #include "helpers.hpp"
 
 using namespace empas;
@@ -291,6 +292,7 @@ TEST(NSGA2, CheckpointResumeEqualsUninterruptedRun) {
   ASSERT_TRUE(fs::exists(ck));
   // The checkpoint holds the last generation (12, not a multiple of 5).
   EXPECT_EQ(parse_json(read_file(ck), "checkpoint").at("generation").get<int>(), 12);
+  EXPECT_EQ(parse_json(read_file(ck), "checkpoint").at("format"), kNsga2CheckpointFormat);
   c.generations = 25;
   c.threads = 2;
   const NSGA2Result resumed = run_nsga2(p, c);

@@ -17,6 +17,7 @@
 #include "empas/nsga2.hpp"
 #include "empas/parallel.hpp"
 #include "empas/space.hpp"
+#include "empas/version.hpp"
 
 namespace py = pybind11;
 using namespace empas;
@@ -91,7 +92,7 @@ py::dict stats_dict(const GenerationStats& s) {
 
 py::dict build_info() {
   py::dict d;
-  d["version"] = EMPAS_VERSION;
+  d["version"] = kVersion;
 #ifdef _OPENMP
   d["openmp"] = true;
   d["openmp_version"] = _OPENMP;
@@ -153,6 +154,12 @@ PYBIND11_MODULE(_core, m) {
   });
 
   m.def("build_info", &build_info, "What this native build contains (version, OpenMP, CUDA, torch ops).");
+
+  // Identifiers of the file formats the core reads and writes (empas/version.hpp),
+  // e.g. formats["profile"] == kProfileFormat.
+  py::dict formats;
+  for (const FormatId& f : kFormats) formats[f.name] = f.id;
+  m.attr("formats") = formats;
 
   py::class_<Quantizer>(m, "Quantizer")
       .def(py::init([](std::string scheme, std::string granularity, int64_t group_size, int scale_bytes,
@@ -330,13 +337,17 @@ PYBIND11_MODULE(_core, m) {
             return plan.to_json().dump();
           },
           py::arg("problem"), py::arg("genome"), py::arg("fingerprint") = "",
-          "empas.plan/1 JSON text of a genome (fingerprint: the profile's, if already known).");
+          (std::string(kPlanFormat) +
+           " JSON text of a genome (fingerprint: the profile's, if already known).")
+              .c_str());
 
   m.def(
       "normalize_plan",
       [](const std::string& text) { return Plan::from_json(parse_json(text, "plan")).to_json().dump(); },
       py::arg("text"),
-      "Validates a plan (empas.plan/1 or original EMPAS artifact) and returns empas.plan/1 JSON.");
+      (std::string("Validates a plan (") + kPlanFormat + " or original EMPAS artifact) and returns " +
+       kPlanFormat + " JSON.")
+          .c_str());
   m.def("write_file_atomic", &write_file_atomic, py::arg("path"), py::arg("text"));
 
   m.def(

@@ -11,17 +11,17 @@
 #include <unordered_set>
 
 #include "empas/error.hpp"
-#include "empas/formats.hpp"
 #include "empas/hypervolume.hpp"
+#include "empas/json_io.hpp"
 #include "empas/parallel.hpp"
 #include "empas/pareto.hpp"
 #include "empas/rng.hpp"
+#include "empas/version.hpp"
 
 namespace empas {
 
 namespace {
 
-constexpr const char* kCheckpointFormat = "empas.nsga2-checkpoint/1";
 constexpr int kMaxDuplicateRetries = 20;
 
 struct Fnv {
@@ -273,7 +273,7 @@ nlohmann::json run_identity(const Problem& p, const NSGA2Config& c) {
 void write_checkpoint(const std::string& path, const nlohmann::json& identity, const Population& pop, int gen,
                       int64_t evals, const std::vector<GenerationStats>& history) {
   nlohmann::json j;
-  j["format"] = kCheckpointFormat;
+  j["format"] = kNsga2CheckpointFormat;
   j["identity"] = identity;
   j["generation"] = gen;
   j["evaluations"] = evals;
@@ -407,8 +407,9 @@ NSGA2Result run_nsga2(const Problem& p, const NSGA2Config& c, const ProgressFn& 
       probe.close();
       const auto j = parse_json(read_file(c.checkpoint_path), "checkpoint " + c.checkpoint_path);
       try {
-        if (j.at("format") != kCheckpointFormat)
-          throw FormatError("checkpoint " + c.checkpoint_path + " is not an " + kCheckpointFormat + " file");
+        if (j.at("format") != kNsga2CheckpointFormat)
+          throw FormatError("checkpoint " + c.checkpoint_path + " is not an " + kNsga2CheckpointFormat +
+                            " file");
         if (j.at("identity") != identity)
           throw FormatError("checkpoint " + c.checkpoint_path +
                             " belongs to another search (different profile, constraints, seed or "
