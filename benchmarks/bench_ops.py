@@ -161,7 +161,7 @@ def clip_cases(shape, repeats: int) -> list[dict]:
 
 def dequant_cases(shape, repeats: int, ref_repeats: int) -> list[dict]:
     """Packed dequant: op vs reference, GB/s of output."""
-    from empas.packing import dequant, dequant_reference, pack
+    from empas.quant.packing import dequant, dequant_reference, pack
 
     w = torch.randn(shape) * 0.02
     rows = []

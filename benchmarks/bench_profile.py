@@ -86,7 +86,7 @@ def main() -> int:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(path)
-    from empas.profiling import _calibration_tokens
+    from empas.profile.calibration import calibration_tokens as _calibration_tokens
 
     windows, _ = _calibration_tokens(texts, tok, a.seq_len, a.n_tokens, 0)
     fwd = full_forward_seconds(path, windows, a.batch_size, max(3, a.repeats))

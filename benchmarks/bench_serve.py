@@ -36,7 +36,8 @@ import torch
 import empas
 from empas.models import corpus, tiny_llama
 from empas.serve import Limits, PlanServer, serve_in_thread
-from empas.verify import _clean, uniform_plan
+from empas.util.io import clean_json as _clean
+from empas.verify import uniform_plan
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_ops import cpu_model  # noqa: E402  (same folder: one machine probe)
@@ -142,7 +143,7 @@ def main() -> int:
     plans = make_plans(path, a)
     from transformers import AutoModelForCausalLM
 
-    from empas.apply import weight_bytes
+    from empas.quant import weight_bytes
 
     fp32_bytes = weight_bytes(AutoModelForCausalLM.from_pretrained(str(path)))
     t0 = time.perf_counter()

@@ -35,7 +35,7 @@ import torch
 
 import empas
 from empas.models import corpus, minilm_path, tiny_llama
-from empas.verify import _clean
+from empas.util.io import clean_json as _clean
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_ops import cpu_model  # noqa: E402  (same folder: one machine probe)

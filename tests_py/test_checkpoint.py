@@ -13,8 +13,8 @@ pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
 
 import empas  # noqa: E402
-from empas.apply import weight_bytes  # noqa: E402
-from empas.checkpoint import MANIFEST, WEIGHTS  # noqa: E402
+from empas.quant import weight_bytes  # noqa: E402
+from empas.quant.checkpoint import MANIFEST, WEIGHTS  # noqa: E402
 
 IDS = torch.arange(3, 3 + 48).view(2, 24) % 500
 
@@ -44,7 +44,7 @@ def saved(tiny_model_path, mixed, tmp_path_factory):
 
 
 def test_fake_and_packed_outputs_agree(tiny_model_path, mixed):
-    from empas.nn import HalfLinear, PackedLinear
+    from empas.quant.nn import HalfLinear, PackedLinear
 
     fake = empas.apply(_load(tiny_model_path), mixed, mode="fake")
     packed = empas.apply(_load(tiny_model_path), mixed, mode="packed")
@@ -160,7 +160,7 @@ def _copy(src, dst):
 
 
 def test_corrupt_checkpoints_are_clear_errors(saved, tmp_path):
-    from empas.checkpoint import CheckpointError
+    from empas import CheckpointError
 
     with pytest.raises(FileNotFoundError, match="not found"):
         empas.load_quantized(tmp_path / "nope")
@@ -194,7 +194,8 @@ def test_corrupt_checkpoints_are_clear_errors(saved, tmp_path):
 def test_missing_scales_is_named(saved, tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from empas.checkpoint import CheckpointError, _sha256
+    from empas import CheckpointError
+    from empas.util.io import sha256_file as _sha256
 
     d = _copy(saved, tmp_path / "noscales")
     sd = load_file(str(d / WEIGHTS))

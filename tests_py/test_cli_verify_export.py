@@ -93,7 +93,7 @@ def test_export_packed_checkpoint(searched, tiny_model_path, tmp_path, capsys):
     ]
     assert main(args) == 0
     assert "tensor bytes" in capsys.readouterr().out
-    m = empas.checkpoint.read_manifest(ck)
+    m = empas.quant.read_manifest(ck)
     assert m["tensor_bytes"] == m["predicted_bytes"] == empas.load_plan(plan).predicted_bytes
     model = empas.load_quantized(ck)
     assert type(model).__name__ == "LlamaForCausalLM"

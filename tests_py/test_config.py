@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from empas.cli import REQUIRED, _parser, main
-from empas.config import ConfigError, load_config
+from empas.cli import REQUIRED, build_parser, main
+from empas.cli.config_files import ConfigError, load_config
 
 
 def _printed(capsys) -> dict:
@@ -130,7 +130,7 @@ def test_load_config_errors_are_value_errors(tmp_path):
 
 
 def test_help_has_examples_and_exit_codes(capsys):
-    parser, subs = _parser()
+    parser, subs = build_parser()
     for name, sub in subs.items():
         text = sub.format_help()
         assert "--config" in text and "examples:" in text and "exit codes" in text, name

@@ -171,7 +171,7 @@ def test_load_results_layouts(results_dir):
         assert r.units == prof.unit_names
         assert len(r.front) == len(res.front)
         assert r.front["bytes"].tolist() == res.front.bytes.tolist()
-        assert r.archetypes == res._archetype_index
+        assert r.archetypes == res.archetype_index
         assert r.baseline == pytest.approx(prof.baseline)
     r = load_results(out)
     assert r.verify_path == out / "verify.json" and r.warnings == []
@@ -183,7 +183,7 @@ def test_load_results_layouts(results_dir):
     assert v.loc["balanced", "delta"] - v.loc["balanced", "pred_delta"] == pytest.approx(
         MEASURED_OFFSET
     )
-    assert v.loc["balanced", "front_index"] == res._archetype_index["balanced"]
+    assert v.loc["balanced", "front_index"] == res.archetype_index["balanced"]
     assert r.unit_info["kind"].tolist() == [u.kind for u in prof.units]
 
 

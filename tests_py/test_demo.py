@@ -63,7 +63,7 @@ def test_demo_writes_every_stage_and_a_report(demo_run, capsys):
 
     # exports: a packed checkpoint that loads back at the plan's bytes, and runtime configs
     ex = out / "export"
-    ckpt = empas.checkpoint.read_manifest(ex / "packed-balanced")
+    ckpt = empas.quant.read_manifest(ex / "packed-balanced")
     assert ckpt["tensor_bytes"] == bal.predicted_bytes
     model = empas.load_quantized(ex / "packed-balanced")
     assert model is not None

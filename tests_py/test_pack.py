@@ -11,14 +11,14 @@ torch = pytest.importorskip("torch")
 
 import empas  # noqa: E402
 from empas import _native  # noqa: E402
-from empas.packing import (  # noqa: E402
+from empas.quant import fake_quant  # noqa: E402
+from empas.quant.packing import (  # noqa: E402
     PackedWeight,
     dequant,
     dequant_reference,
     pack,
     pack_reference,
 )
-from empas.quant import fake_quant  # noqa: E402
 
 from .weights_util import same_bits, weights  # noqa: E402
 

@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import empas  # noqa: E402
-from empas.profiling import ProfileError  # noqa: E402
+from empas import ProfileError  # noqa: E402
 
 FAST = dict(n_tokens=1024, seq_len=64, batch_size=4, progress=False)
 
@@ -108,11 +108,11 @@ def test_cache_gives_the_same_table(tiny_model_path, calib_texts):
 
 
 def test_resume_after_interrupt(tiny_model_path, calib_texts, tmp_path, monkeypatch):
-    from empas import profiling
+    from empas.profile.runner import Runner
 
     ck = tmp_path / "ck.json"
     full = empas.profile(tiny_model_path, calib_texts, choices=(2, 4), **FAST)
-    real_run = profiling._Runner.run
+    real_run = Runner.run
     calls = {"n": 0}
 
     def flaky(self, start):
@@ -121,10 +121,10 @@ def test_resume_after_interrupt(tiny_model_path, calib_texts, tmp_path, monkeypa
             raise KeyboardInterrupt  # killed mid-run
         return real_run(self, start)
 
-    monkeypatch.setattr(profiling._Runner, "run", flaky)
+    monkeypatch.setattr(Runner, "run", flaky)
     with pytest.raises(KeyboardInterrupt):
         empas.profile(tiny_model_path, calib_texts, choices=(2, 4), checkpoint=ck, **FAST)
-    monkeypatch.setattr(profiling._Runner, "run", real_run)
+    monkeypatch.setattr(Runner, "run", real_run)
     assert len(json.loads(ck.read_text())["done"]) == 5  # baseline + 4 experiments
     resumed = empas.profile(tiny_model_path, calib_texts, choices=(2, 4), checkpoint=ck, **FAST)
     assert resumed.meta["timings"]["resumed"] == 4 and resumed.meta["timings"]["experiments"] == 8
@@ -330,7 +330,7 @@ def test_profile_on_cuda_matches_cpu(tiny_model_path, calib_texts, block_profile
 
 
 def test_choices_are_recorded_as_formats(block_profile):
-    from empas.qformats import int_format
+    from empas.quant.config import int_format
 
     fmts = block_profile.meta["source"]["formats"]
     assert [f["bits"] for f in fmts] == [2, 3, 4, 8, 16]
@@ -377,7 +377,7 @@ def test_token_stream_ignores_the_tokenizers_truncation():
     """all-MiniLM's tokenizer.json truncates at 128 tokens: the calibration / eval
     stream must still hold every token of every text (it once kept 8k of 99k)."""
     from empas.models import minilm_path
-    from empas.profiling import _encode_stream
+    from empas.models.text import encode_stream as _encode_stream
 
     path = minilm_path()
     if path is None:

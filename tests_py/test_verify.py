@@ -69,7 +69,7 @@ def test_apply_fake_matches_fake_quant_and_applied_restores(tiny_model_path, tin
 
 
 def test_apply_drop_replaces_block_and_changes_output(tiny_model_path, tiny_profile):
-    from empas.nn import DroppedBlock
+    from empas.quant.nn import DroppedBlock
 
     model = _load(tiny_model_path)
     ids = torch.arange(1, 33).view(1, -1)

@@ -21,21 +21,61 @@ Checking plans on the real model, and exporting them:
 
 from __future__ import annotations
 
-from . import export, models, packing
-from ._native import build_info
-from .apply import PlanMismatchError, applied, apply
-from .checkpoint import CheckpointError, load_quantized, save_quantized
-from .errors import EmpasError, FormatError, InfeasibleError, NativeBuildError
-from .plan import Plan, load_plan
-from .profiling import estimate_sensitivity, profile, rank_correlation
-from .quant import fake_quant, fake_quant_reference  # torch imported on first call
-from .search import SearchConfig, SearchResult, search
-from .sensitivity import Profile, Unit, example_profile, load_profile
-from .sizes import format_bytes, parse_size
-from .synthetic import synthetic_profile
-from .verify import fidelity, refine, verify
+import sys
 
-__version__ = "0.1.0"
+from . import _compat, export, models
+from ._native import build_info
+from .errors import (
+    CheckpointError,
+    EmpasError,
+    FormatError,
+    InfeasibleError,
+    NativeBuildError,
+    PlanMismatchError,
+    ProfileError,
+    StaleCheckpointError,
+)
+from .plan import Plan, load_plan
+from .profile import (
+    Profile,
+    ProfileConfig,
+    Unit,
+    estimate_sensitivity,
+    example_profile,
+    load_profile,
+    profile,
+    rank_correlation,
+    synthetic_profile,
+)
+from .quant import (
+    QuantConfig,
+    applied,
+    apply,
+    fake_quant,
+    fake_quant_reference,
+    load_quantized,
+    packing,
+    save_quantized,
+)
+from .search import SearchConfig, SearchResult, search
+from .util.sizes import format_bytes, parse_size
+from .verify import VerifyConfig, VerifyReport, fidelity, refine, verify
+
+_compat.install()
+sys.modules.setdefault(__name__ + ".packing", packing)  # empas.packing: a public attribute
+
+
+def _version() -> str:
+    """The installed distribution's version (pyproject.toml is the one place it is written)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("empas")
+    except PackageNotFoundError:  # a source tree on sys.path, not installed
+        return "0+unknown"
+
+
+__version__ = _version()
 
 __all__ = [
     "CheckpointError",
@@ -46,9 +86,15 @@ __all__ = [
     "Plan",
     "PlanMismatchError",
     "Profile",
+    "ProfileConfig",
+    "ProfileError",
+    "QuantConfig",
     "SearchConfig",
     "SearchResult",
+    "StaleCheckpointError",
     "Unit",
+    "VerifyConfig",
+    "VerifyReport",
     "apply",
     "applied",
     "build_info",

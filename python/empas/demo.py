@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .sizes import format_bytes
+from .util.sizes import format_bytes
 
 __all__ = ["DemoResult", "run_demo"]
 
@@ -116,8 +116,7 @@ def run_demo(
     ``export_plan``: which plan to export (default: the budget plan when a budget
     is given, else ``balanced``)."""
     import empas
-    from empas.profiling import StaleCheckpointError, _load
-    from empas.verify import uniform_plan
+    from empas.verify import best_under_uniform, write_json
 
     log = log or print
     if not progress:
@@ -157,7 +156,7 @@ def run_demo(
     # 2. profile ---------------------------------------------------------------
     t = _stage(log, 2, n, f"profile: {units} units at {','.join(map(str, bits))} bits")
     ckpt = outp / "profile.checkpoint.json"
-    kw = dict(
+    config = empas.ProfileConfig(
         units=units,
         choices=bits,
         n_tokens=n_tokens,
@@ -166,12 +165,9 @@ def run_demo(
         device=device,
         seed=seed,
     )
-    try:
-        prof = empas.profile(path, calib, checkpoint=ckpt, progress=progress, **kw)
-    except StaleCheckpointError as exc:
-        log(f"      note: {exc}; starting the profile over")
-        ckpt.unlink()
-        prof = empas.profile(path, calib, checkpoint=ckpt, progress=progress, **kw)
+    prof = empas.profile(
+        path, calib, checkpoint=ckpt, config=config, on_stale="restart", progress=progress
+    )
     files["profile"] = prof.save(outp / "profile.json")
     tm = prof.meta.get("timings", {})
     log(
@@ -205,11 +201,9 @@ def run_demo(
     # 4. verify ----------------------------------------------------------------
     t = _stage(log, 4, n, "verify: the plans and uniform baselines on held-out text (packed)")
     plans: dict[str, Any] = dict(res.archetypes)
-    if 4 in prof.choices:
-        try:
-            plans["best_under_int4"] = exact.best_under(uniform_plan(prof, 4).predicted_bytes)
-        except empas.InfeasibleError:
-            pass
+    best = best_under_uniform(exact, prof, 4)
+    if best is not None:
+        plans["best_under_int4"] = best
     if budget is not None:
         plans["best_under_budget"] = exact.best_under(budget)  # InfeasibleError: clear message
     rep = empas.verify(
@@ -224,8 +218,6 @@ def run_demo(
         device=device,
         progress=progress,
     )
-    from empas.verify import write_json
-
     doc = rep.document()
     honesty = doc.get("honesty")
     files["verify"] = write_json(outp / "verify.json", doc)
@@ -254,7 +246,7 @@ def run_demo(
         dropped = [u for u, b in plan.bits_by_unit.items() if b == 0]
         for fmt in formats:
             if fmt == "packed":
-                m, tok, _, _ = _load(path, "cpu", None)
+                m, tok, _, _ = empas.models.load_model(path, "cpu", None)
                 files["export:packed"] = empas.save_quantized(
                     m, plan, ex / f"packed-{chosen}", tokenizer=tok, force=True
                 )

@@ -18,3 +18,19 @@ class InfeasibleError(EmpasError, ValueError):
 
 class NativeBuildError(EmpasError, ImportError):
     """The compiled extension ``empas._core`` is missing or does not match."""
+
+
+class ProfileError(FormatError):
+    """Profiling cannot proceed: bad model, data, units or a non-finite loss."""
+
+
+class StaleCheckpointError(FormatError):
+    """A profile checkpoint written for another model, text or settings."""
+
+
+class PlanMismatchError(FormatError):
+    """The plan was made for a different model (unknown modules, other sizes)."""
+
+
+class CheckpointError(FormatError):
+    """A packed checkpoint is missing, corrupt or inconsistent."""

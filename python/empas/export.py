@@ -131,6 +131,7 @@ from typing import Any
 
 from ._native import core
 from .plan import Plan
+from .quant.config import QuantConfig
 
 FORMATS = ("llama.cpp", "gptqmodel", "hqq", "empas-original")
 
@@ -241,13 +242,8 @@ def _escape(name: str) -> str:
 
 
 def _group_size(plan: Plan, per_channel: Any, target: str) -> Any:
-    q = plan.quantizer
-    gran = q.get("granularity", "group")
-    if gran == "group":
-        return int(q["group_size"])
-    if gran == "channel":
-        return per_channel
-    raise ValueError(f"{target} has no per-{gran} quantization (plan.quantizer.granularity)")
+    g = QuantConfig.group_size_of(plan.quantizer, target)
+    return g if g > 0 else per_channel
 
 
 # -- original EMPAS artifacts ----------------------------------------------------------

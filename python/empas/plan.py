@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from ._native import core
+from .util.io import atomic_write_text
+
+__all__ = ["Plan", "as_plan", "load_plan"]
 
 
 class Plan:
@@ -108,9 +111,7 @@ class Plan:
         path = Path(path)
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        core().write_file_atomic(str(path), self.to_json() + "\n")
-        return path
+        return atomic_write_text(path, self.to_json() + "\n")
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Plan) and self._data == other._data
@@ -153,3 +154,14 @@ def load_plan(path: str | os.PathLike) -> Plan:
         return Plan.from_json(text)
     except ValueError as exc:
         raise type(exc)(f"{path}: {exc}") from None
+
+
+def as_plan(plan) -> Plan:
+    """``plan`` as a :class:`Plan`: a Plan, an ``empas.plan/1`` dict or a path to a plan file."""
+    if isinstance(plan, Plan):
+        return plan
+    if isinstance(plan, (str, os.PathLike)):
+        return load_plan(plan)
+    if isinstance(plan, dict):
+        return Plan.from_dict(plan)
+    raise TypeError(f"plan must be a Plan, a dict or a path, got {type(plan).__name__}")

@@ -79,7 +79,7 @@ def _key(k: str) -> str:
     return str(k).strip().replace("-", "_")
 
 
-def _actions(sub: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+def actions(sub: argparse.ArgumentParser) -> dict[str, argparse.Action]:
     skip = (argparse._HelpAction, argparse._VersionAction)
     return {
         a.dest: a
@@ -149,10 +149,10 @@ def apply_config(
     """Sets the defaults of ``command``'s parser from a config mapping (so that the
     command line still wins) and returns the values it took."""
     sub = subparsers[command]
-    acts = _actions(sub)
+    acts = actions(sub)
     known_anywhere: set[str] = set()
     for s in subparsers.values():
-        known_anywhere |= set(_actions(s))
+        known_anywhere |= set(actions(s))
     values: dict[str, Any] = {}
     top = {k: v for k, v in doc.items() if _key(k) not in subparsers}
     for k in top:
@@ -184,5 +184,5 @@ def required_missing(
 ) -> list[str]:
     """The required options (by dest) that neither the command line nor a config
     file gave, as the user would write them."""
-    acts = _actions(sub)
+    acts = actions(sub)
     return [_flag(acts[d]) for d in required if getattr(ns, d, None) in (None, [], "")]

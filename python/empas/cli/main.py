@@ -93,7 +93,7 @@ def _sub(sub, name: str, help: str, parents) -> argparse.ArgumentParser:
     )
 
 
-def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     p = argparse.ArgumentParser(
         prog="empas",
         description="EMPAS: mixed-precision search for language models.",
@@ -498,9 +498,10 @@ def _cmd_profile(a: argparse.Namespace) -> int:
         calib = empas.models.corpus("train")
     if calib is None:
         raise ValueError("--calib FILE is required (a text file of calibration text)")
-    kw = dict(
+    config = empas.ProfileConfig(
         units=a.units,
         choices=bits,
+        loss=a.loss,
         n_tokens=a.n_tokens,
         seq_len=a.seq_len,
         batch_size=a.batch_size,
@@ -511,28 +512,19 @@ def _cmd_profile(a: argparse.Namespace) -> int:
         clip_search=a.clip_search,
         embeddings=a.embeddings,
         head=a.head,
+        cache=not a.no_cache,
     )
-    from empas.profiling import StaleCheckpointError
-
-    def run():
-        return empas.profile(
+    try:
+        prof = empas.profile(
             model,
             calib,
-            loss=a.loss,
             checkpoint=a.checkpoint,
-            cache=not a.no_cache,
+            config=config,
+            on_stale="restart" if a.force else "error",
             progress=not a.quiet,
-            **kw,
         )
-
-    try:
-        prof = run()
-    except StaleCheckpointError as exc:
-        if not a.force:
-            raise ValueError(f"{exc} (or pass --force to start over)") from None
-        print(f"note: {exc}; --force: starting over", file=sys.stderr)
-        Path(a.checkpoint).unlink()
-        prof = run()
+    except empas.StaleCheckpointError as exc:
+        raise ValueError(f"{exc} (or pass --force to start over)") from None
     prof.save(out)
     t = prof.meta["timings"]
     print(prof)
@@ -543,7 +535,7 @@ def _cmd_profile(a: argparse.Namespace) -> int:
     )
     print(f"wrote {out}")
     if a.estimate:
-        est = empas.estimate_sensitivity(model, calib, **kw)
+        est = empas.estimate_sensitivity(model, calib, config=config)
         epath = out.with_name(out.stem + ".fisher.json")
         est.save(epath)
         rho = empas.rank_correlation(prof, est)
@@ -579,10 +571,11 @@ def _plan_files(items: list[str]) -> list:
 
 
 def _cmd_verify(a: argparse.Namespace) -> int:
+    from dataclasses import replace
     from pathlib import Path
 
     import empas
-    from empas.verify import fidelity, verify, write_json
+    from empas.verify import VerifyConfig, best_under_uniform, fidelity, verify, write_json
 
     out = Path(a.out)
     for f in [out] + ([Path(a.plot)] if a.plot else []):
@@ -607,33 +600,30 @@ def _cmd_verify(a: argparse.Namespace) -> int:
         raise ValueError("give --plans and/or --profile (for the uniform baselines)")
     if prof is not None and 4 in prof.choices and not a.no_honesty:
         # the honesty check: the exact front's best plan within uniform int4's bytes
-        from empas.verify import uniform_plan
-
         try:
-            res = empas.search(prof, method="exact")
-            plans.setdefault(
-                "best_under_int4", res.best_under(uniform_plan(prof, 4).predicted_bytes)
-            )
-        except ValueError as exc:  # no plan that small, or a front past max_points
+            best = best_under_uniform(empas.search(prof, method="exact"), prof, 4)
+        except ValueError as exc:  # a front past max_points
+            best = None
             print(f"note: no best_under_int4 ({exc}); pass it with --plans", file=sys.stderr)
-    kw = dict(
+        else:
+            if best is None:
+                print(
+                    "note: no best_under_int4 (no plan that small); pass it with --plans",
+                    file=sys.stderr,
+                )
+            else:
+                plans.setdefault("best_under_int4", best)
+    config = VerifyConfig(
         seq_len=a.seq_len,
         stride=a.stride,
         max_tokens=a.max_tokens,
         batch_size=a.batch_size,
         device=a.device,
-        progress=not a.quiet,
-    )
-    rep = verify(
-        model,
-        plans or None,
-        ev,
-        profile=prof,
         baselines=baselines,
         mode=a.mode,
         memory=a.memory,
-        **kw,
     )
+    rep = verify(model, plans or None, ev, profile=prof, config=config, progress=not a.quiet)
     print(rep.table())
     doc = rep.document()
     if "honesty" in doc:
@@ -641,7 +631,15 @@ def _cmd_verify(a: argparse.Namespace) -> int:
     if a.fidelity:
         if prof is None:
             raise ValueError("--fidelity needs --profile")
-        fid = fidelity(model, prof, ev, n_random=a.fidelity, front=list(plans.values()), **kw)
+        fid = fidelity(
+            model,
+            prof,
+            ev,
+            n_random=a.fidelity,
+            front=list(plans.values()),
+            config=replace(config, mode="fake", memory=False),
+            progress=not a.quiet,
+        )
         print(fid)
         doc["fidelity"] = fid.to_dict()
     write_json(out, doc)
@@ -664,11 +662,11 @@ def _cmd_export(a: argparse.Namespace) -> int:
     if a.format == "packed":
         if not a.model:
             raise ValueError("--format packed needs --model (the model to quantize)")
-        from empas.profiling import _load
+        from empas.models import load_model
 
-        model, tok, _, _ = _load(_model_arg(a.model), "cpu", None)
+        model, tok, _, _ = load_model(_model_arg(a.model), "cpu", None)
         empas.save_quantized(model, plan, out, tokenizer=tok, force=a.force)
-        m = empas.checkpoint.read_manifest(out)
+        m = empas.quant.read_manifest(out)
         print(
             f"wrote {out}: {m['tensor_bytes']:,} tensor bytes (plan predicted "
             f"{m['predicted_bytes']:,}) + {m['header_bytes']:,} header bytes"
@@ -743,25 +741,25 @@ COMMANDS = {
 def _print_config(sub: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     import json
 
-    from empas.config import _actions
+    from empas.cli.config_files import actions
 
     print(f"{a.command}:")
-    for dest in _actions(sub):
+    for dest in actions(sub):
         v = getattr(a, dest, None)
         print(f"  {dest}: {json.dumps(v)}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser, subs = _parser()
+    parser, subs = build_parser()
     args = parser.parse_args(argv)
     cmd = args.command
     try:
         if args.config:
-            from empas.config import apply_config, load_config
+            from empas.cli.config_files import apply_config, load_config
 
             apply_config(parser, subs, cmd, load_config(args.config), args.config)
             args = parser.parse_args(argv)  # the command line over the file
-        from empas.config import required_missing
+        from empas.cli.config_files import required_missing
 
         missing = required_missing(subs[cmd], args, REQUIRED.get(cmd, []))
         if missing:

@@ -42,7 +42,7 @@ def app_path() -> Path:
 def _check_port(host: str, port: int) -> None:
     if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
         raise DashboardError(f"port must be an integer in 1..65535, got {port!r}")
-    from .._net import listen
+    from ..util.net import listen
 
     # as Streamlit will bind it; closed again at once (Streamlit binds it itself)
     listen(

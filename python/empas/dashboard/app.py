@@ -25,7 +25,7 @@ import pandas as pd
 import streamlit as st
 
 from empas.dashboard import data as D
-from empas.sizes import format_bytes
+from empas.util.sizes import format_bytes
 
 ENV = {
     "results": "EMPAS_DASHBOARD_RESULTS",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .sensitivity import Profile
+from .table import Profile
 
 _LINEARS = (
     ("self_attn.q_proj", "attn", 1, 1),

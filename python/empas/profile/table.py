@@ -16,8 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from ._native import core
-from .plan import Plan
+from .._native import core
+from ..errors import FormatError
+from ..plan import Plan
+
+__all__ = ["NEGATIVE_POLICIES", "Profile", "Unit", "example_profile", "load_profile"]
 
 NEGATIVE_POLICIES = ("error", "clamp", "keep")
 
@@ -53,7 +56,7 @@ class Profile:
         try:
             text = json.dumps(data, allow_nan=False)
         except ValueError:
-            raise _errors().FormatError(
+            raise FormatError(
                 "profile holds NaN or infinity; every delta must be a finite number "
                 "(use None for a choice a unit does not allow)"
             ) from None
@@ -187,19 +190,19 @@ class Profile:
         if isinstance(plan, dict):
             unknown = sorted(set(plan) - set(self.unit_names))
             if unknown:
-                raise _errors().FormatError(f"units unknown to the profile: {unknown[:5]}")
+                raise FormatError(f"units unknown to the profile: {unknown[:5]}")
             missing = [n for n in self.unit_names if n not in plan]
             if missing:
-                raise _errors().FormatError(f"plan is missing units: {missing[:5]}")
+                raise FormatError(f"plan is missing units: {missing[:5]}")
             seq = [plan[n] for n in self.unit_names]
         else:
             seq = list(plan)
         if len(seq) != self.n_units:
-            raise _errors().FormatError(
+            raise FormatError(
                 f"a plan needs {self.n_units} bit widths (one per unit), got {len(seq)}"
             )
         if not all(isinstance(b, (int, np.integer)) and not isinstance(b, bool) for b in seq):
-            raise _errors().FormatError("bit widths must be integers")
+            raise FormatError("bit widths must be integers")
         doc = {
             "format": "empas.plan/1",
             "model": {"name": self.model_name},
@@ -312,12 +315,6 @@ def _auto_negative(text: str) -> str:
 def _check_negative(negative: str | None) -> None:
     if negative is not None and negative not in NEGATIVE_POLICIES:
         raise ValueError(f"negative must be one of {NEGATIVE_POLICIES}, got {negative!r}")
-
-
-def _errors():
-    from . import errors
-
-    return errors
 
 
 def _pandas():

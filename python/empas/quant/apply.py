@@ -30,19 +30,25 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from .errors import FormatError
-from .plan import Plan, load_plan
+from ..errors import FormatError, PlanMismatchError
+from ..models.structure import Member, distinct, find_blocks, quantizable
+from ..plan import Plan, as_plan
+from .config import QuantConfig
 
-__all__ = ["PlanMismatchError", "apply", "applied", "resolve", "weight_bytes"]
+__all__ = [
+    "PlanMismatchError",
+    "Undo",
+    "apply",
+    "applied",
+    "quantize_members",
+    "replace_module",
+    "resolve",
+    "weight_bytes",
+]
 
 MODES = ("fake", "packed")
-
-
-class PlanMismatchError(FormatError):
-    """The plan was made for a different model (unknown modules, other sizes)."""
 
 
 # ----------------------------------------------------------------------------
@@ -54,68 +60,19 @@ class PlanMismatchError(FormatError):
 class _Target:
     unit: str
     bits: int
-    members: list  # profiling._Member
+    members: list[Member]
     block: tuple[str, int] | None  # (stack prefix, index) for a dropped block
-
-
-@dataclass
-class QuantSpec:
-    """The quantizer a plan was made with: group size (0 = per output channel),
-    symmetric or not; clip search is a property of the profile (pass it)."""
-
-    group_size: int
-    symmetric: bool
-
-    @classmethod
-    def of(cls, plan: Plan) -> QuantSpec:
-        q = plan.quantizer
-        gran = q.get("granularity", "group")
-        if gran not in ("group", "channel"):
-            raise FormatError(
-                f"plan quantizer granularity {gran!r} is not supported by apply (use 'group' or "
-                "'channel')"
-            )
-        scheme = q.get("scheme", "symmetric")
-        if scheme not in ("symmetric", "asymmetric"):
-            raise FormatError(f"plan quantizer scheme {scheme!r} is unknown")
-        symmetric = scheme == "symmetric"
-        zb = int(q.get("zero_bytes", 0 if symmetric else 1))
-        sb = int(q.get("scale_bytes", 2))
-        if sb != 2 or zb != (0 if symmetric else 1):
-            raise FormatError(
-                f"plan quantizer stores {sb}-byte scales and {zb}-byte zero points; the packed "
-                "format has fp16 scales and (asymmetric only) uint8 zero points"
-            )
-        if q.get("bytes_model", "packed") != "packed":
-            raise FormatError(
-                "the plan's byte counts use bytes_model='params_bits' (an imported original "
-                "EMPAS plan): it has no quantizer layout to apply; re-plan from an empas profile"
-            )
-        g = int(q.get("group_size", 128)) if gran == "group" else 0
-        return cls(g, symmetric)
-
-
-def _as_plan(plan) -> Plan:
-    if isinstance(plan, Plan):
-        return plan
-    if isinstance(plan, (str, Path)):
-        return load_plan(plan)
-    if isinstance(plan, dict):
-        return Plan.from_dict(plan)
-    raise TypeError(f"plan must be a Plan, a dict or a path, got {type(plan).__name__}")
 
 
 def resolve(model, plan: Plan) -> list[_Target]:
     """Matches the plan's units to the model's modules; raises PlanMismatchError."""
-    from .profiling import _find_blocks, _Member, _quantizable
-
-    quant = _quantizable(model)
+    quant = quantizable(model)
     named = dict(model.named_modules())
     data = plan.to_dict()
     blocks_prefix = (data.get("model") or {}).get("blocks")
     n_blocks_plan = (data.get("model") or {}).get("n_blocks")
     if not blocks_prefix:
-        blocks_prefix, _ = _find_blocks(model, quant)
+        blocks_prefix, _ = find_blocks(model, quant)
     stack = named.get(blocks_prefix)
     if stack is None:
         raise PlanMismatchError(
@@ -169,7 +126,7 @@ def resolve(model, plan: Plan) -> list[_Target]:
             elif type(mod).__name__ == "Embedding" or (
                 hasattr(mod, "weight") and getattr(mod.weight, "dim", lambda: 0)() == 2
             ):
-                members.append(_Member(k, mod, "embedding"))
+                members.append(Member(k, mod, "embedding"))
             else:
                 raise PlanMismatchError(f"unit {name!r}: module {k!r} has no 2-D weight")
         params = u.get("params")
@@ -204,13 +161,24 @@ def resolve(model, plan: Plan) -> list[_Target]:
 # ----------------------------------------------------------------------------
 
 
-class _Undo:
-    """What to put back: saved weight copies (``save_weights``) and replaced modules."""
+class Undo:
+    """What to put back, newest first: saved weight copies (``save_weights``),
+    replaced modules and any other restore callbacks (:meth:`add`)."""
 
     def __init__(self, save_weights: bool = True):
         self.save_weights = save_weights
         self.weights: list[tuple[Any, Any]] = []  # (tensor, saved copy)
         self.modules: list[tuple[Any, str, Any]] = []  # (parent, attr, original)
+        self.callbacks: list[Any] = []
+
+    def save(self, tensor) -> None:
+        """Keeps a copy of ``tensor`` to restore (when ``save_weights``)."""
+        if self.save_weights:
+            self.weights.append((tensor, tensor.clone()))
+
+    def add(self, restore) -> None:
+        """Registers a callable that undoes a change."""
+        self.callbacks.append(restore)
 
     def restore(self) -> None:
         import torch
@@ -220,8 +188,29 @@ class _Undo:
                 t.copy_(saved)
         for parent, attr, orig in reversed(self.modules):
             _set_child(parent, attr, orig)
+        for fn in reversed(self.callbacks):
+            fn()
         self.weights.clear()
         self.modules.clear()
+        self.callbacks.clear()
+
+    __call__ = restore
+
+
+def quantize_members(members: list[Member], bits: int, config: QuantConfig, undo: Undo | None):
+    """Fake-quantizes each distinct weight of ``members`` in place (a tied tensor
+    once), saving it in ``undo`` first; on error everything done is put back."""
+    from .fake import quantize_member_
+
+    try:
+        for m in distinct(members):
+            if undo is not None:
+                undo.save(m.weight.data)
+            quantize_member_(m, bits, config)
+    except BaseException:
+        if undo is not None:
+            undo.restore()
+        raise
 
 
 def _parent(model, name: str):
@@ -240,7 +229,8 @@ def _set_child(parent, attr: str, mod) -> None:
         setattr(parent, attr, mod)
 
 
-def _replace(model, name: str, new, undo: _Undo | None) -> None:
+def replace_module(model, name: str, new, undo: Undo | None) -> None:
+    """Puts ``new`` where module ``name`` is, recording the old one in ``undo``."""
     parent, attr = _parent(model, name)
     old = parent[int(attr)] if attr.isdigit() else getattr(parent, attr)
     if undo is not None:
@@ -253,12 +243,12 @@ def _check_bits(unit: str, bits: int) -> None:
         raise FormatError(f"unit {unit!r}: {bits} bits is not a known format (0, 2..8, 16)")
 
 
-def _apply(model, plan: Plan, mode: str, clip_search: bool, undo: _Undo | None) -> None:
+def _apply(model, plan: Plan, mode: str, clip_search: bool, undo: Undo | None) -> None:
     import torch
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    qs = QuantSpec.of(plan)
+    qs = QuantConfig.from_json(plan.quantizer, clip_search)
     targets = resolve(model, plan)
     emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     emb_w = getattr(emb, "weight", None)
@@ -285,33 +275,20 @@ def _apply(model, plan: Plan, mode: str, clip_search: bool, undo: _Undo | None) 
             for t in targets:
                 if t.bits == 0:
                     prefix, idx = t.block
-                    _replace(model, f"{prefix}.{idx}", DroppedBlock(idx), undo)
+                    replace_module(model, f"{prefix}.{idx}", DroppedBlock(idx), undo)
                     continue
-                done = set()
-                for m in t.members:
-                    if m.weight.data_ptr() in done:
-                        continue
-                    done.add(m.weight.data_ptr())
-                    if mode == "fake":
-                        _fake(m, t.bits, qs, clip_search, undo)
-                    else:
-                        _pack(model, m, t.bits, qs, clip_search, undo)
+                if mode == "fake":
+                    quantize_members(t.members, t.bits, qs, undo)
+                else:
+                    for m in distinct(t.members):
+                        _pack(model, m, t.bits, qs, undo)
     except BaseException:
         if undo is not None:
             undo.restore()
         raise
 
 
-def _fake(m, bits: int, qs: QuantSpec, clip_search: bool, undo: _Undo | None) -> None:
-    from .quant import _fake_quant_module_
-
-    w = m.weight.data
-    if undo is not None and undo.save_weights:
-        undo.weights.append((w, w.clone()))
-    _fake_quant_module_(m, bits, qs.group_size, qs.symmetric, clip_search)
-
-
-def _pack(model, m, bits: int, qs: QuantSpec, clip_search: bool, undo: _Undo | None) -> None:
+def _pack(model, m, bits: int, qs: QuantConfig, undo: Undo | None) -> None:
     import torch
 
     from .nn import HalfLinear, PackedLinear
@@ -326,8 +303,8 @@ def _pack(model, m, bits: int, qs: QuantSpec, clip_search: bool, undo: _Undo | N
         if bias is not None:
             new.bias = bias.clone()
     else:
-        new = PackedLinear.from_weight(w2d, bias, bits, qs.group_size, qs.symmetric, clip_search)
-    _replace(model, m.name, new, undo)
+        new = PackedLinear.from_weight(w2d, bias, bits, qs.group_size, qs.symmetric, qs.clip_search)
+    replace_module(model, m.name, new, undo)
 
 
 def apply(model, plan, mode: str = "fake", *, clip_search: bool = False):
@@ -342,10 +319,10 @@ def apply(model, plan, mode: str = "fake", *, clip_search: bool = False):
 
     Raises PlanMismatchError for a plan made for another model, FormatError for
     formats the quantizer does not know. Nothing is changed on error."""
-    plan = _as_plan(plan)
+    plan = as_plan(plan)
     # Everything is validated (names, sizes, formats, finite weights) before the
     # first change; replaced modules are put back if packing fails part-way.
-    _apply(model, plan, mode, clip_search, _Undo(save_weights=False))
+    _apply(model, plan, mode, clip_search, Undo(save_weights=False))
     return model
 
 
@@ -353,8 +330,8 @@ def apply(model, plan, mode: str = "fake", *, clip_search: bool = False):
 def applied(model, plan, mode: str = "fake", *, clip_search: bool = False) -> Iterator[Any]:
     """``with empas.applied(model, plan): ...`` applies the plan and restores the
     original weights and modules (bit-exactly) on exit."""
-    plan = _as_plan(plan)
-    undo = _Undo()
+    plan = as_plan(plan)
+    undo = Undo()
     _apply(model, plan, mode, clip_search, undo)
     try:
         yield model

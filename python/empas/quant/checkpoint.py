@@ -22,34 +22,22 @@ both). The file adds a JSON header (reported as ``header_bytes``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
-from ._native import core
-from .apply import _as_plan, applied
-from .errors import FormatError
+from ..errors import CheckpointError
+from ..plan import as_plan
+from ..util.io import atomic_write_text, sha256_file
+from .apply import applied, replace_module
 
 __all__ = ["CheckpointError", "load_quantized", "read_manifest", "save_quantized"]
 
 MANIFEST = "empas_quantized.json"
 WEIGHTS = "model.safetensors"
 FORMAT = "empas.quantized/1"
-
-
-class CheckpointError(FormatError):
-    """A packed checkpoint is missing, corrupt or inconsistent."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _is_applied(model) -> bool:
@@ -114,7 +102,7 @@ def save_quantized(
     for this plan. The directory is written next to its final place and renamed
     into it; an existing ``path`` is replaced only with ``force=True``.
     Returns the path."""
-    plan = _as_plan(plan)
+    plan = as_plan(plan)
     path = Path(path)
     if path.exists() and not force:
         raise FileExistsError(f"{path} exists; pass force=True (CLI: --force) to replace it")
@@ -127,7 +115,7 @@ def save_quantized(
 def _write(model, plan, path: Path, tokenizer, clip_search: bool) -> Path:
     from safetensors.torch import save_file
 
-    from . import __version__
+    from .. import __version__
 
     tensors, aliases = _state(model)
     mods, dropped = _manifest_modules(model)
@@ -156,12 +144,12 @@ def _write(model, plan, path: Path, tokenizer, clip_search: bool) -> Path:
             "modules": mods,
             "dropped_blocks": dropped,
             "tied": aliases,
-            "files": {WEIGHTS: {"bytes": size, "sha256": _sha256(tmp / WEIGHTS)}},
+            "files": {WEIGHTS: {"bytes": size, "sha256": sha256_file(tmp / WEIGHTS)}},
             "tensor_bytes": int(tensor_bytes),
             "header_bytes": int(size - tensor_bytes),
             "predicted_bytes": plan.predicted_bytes,
         }
-        core().write_file_atomic(str(tmp / MANIFEST), json.dumps(manifest, indent=1) + "\n")
+        atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=1) + "\n")
         if path.exists():  # force: swap in the new directory, then remove the old one
             old = path.with_name(f".{path.name}.old{os.getpid()}")
             path.rename(old)
@@ -209,8 +197,8 @@ def load_quantized(path: str | os.PathLike, device: str = "cpu", *, verify_hash:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    from ..plan import Plan
     from .nn import DroppedBlock, HalfLinear, PackedLinear
-    from .plan import Plan
 
     path = Path(path)
     m = read_manifest(path)
@@ -223,7 +211,7 @@ def load_quantized(path: str | os.PathLike, device: str = "cpu", *, verify_hash:
         raise CheckpointError(
             f"{wf}: {size} bytes, the manifest says {rec['bytes']} (truncated or replaced?)"
         )
-    if verify_hash and rec.get("sha256") and _sha256(wf) != rec["sha256"]:
+    if verify_hash and rec.get("sha256") and sha256_file(wf) != rec["sha256"]:
         raise CheckpointError(f"{wf}: SHA-256 differs from the manifest (corrupt file)")
     cls = getattr(transformers, m["model_class"], None)
     if cls is None:
@@ -294,9 +282,7 @@ def load_quantized(path: str | os.PathLike, device: str = "cpu", *, verify_hash:
 
 
 def _swap(model, name: str, new) -> None:
-    from .apply import _replace
-
-    _replace(model, name, new, None)
+    replace_module(model, name, new, None)
 
 
 def _get_tensor(model, name: str):

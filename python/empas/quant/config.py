@@ -1,20 +1,125 @@
-"""Quantization formats: what a choice in a profile means.
+"""The quantizer: one frozen, validated :class:`QuantConfig` (group size,
+symmetric or not, clip search) used by profiling, applying, packing, exporting
+and the C++ side's JSON (the ``quantizer`` record of profiles and plans), and the
+formats a choice stands for (:class:`QuantFormat`: bits, scales, zero-points and
+so the true bits per weight).
 
-A choice is a format: a name, the integer bits of each weight, how scales (and
-zero-points) are stored, and so the true bits per weight including them. The
-integer round-to-nearest formats below are what the C++ fake-quant ops
+The integer round-to-nearest formats below are what the C++ fake-quant ops
 implement; a profile records the format of every choice, so that formats with
 other element types (FP8, MXFP4, NVFP4: not implemented yet) fit the same table.
 
-    >>> empas.qformats.int_format(4, group_size=128).bits_per_weight
+    >>> empas.QuantConfig(group_size=128).format(4).bits_per_weight()
     4.125
 """
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass
+from typing import Any
 
-__all__ = ["QuantFormat", "choice_formats", "int_format"]
+from ..errors import FormatError
+
+__all__ = ["QuantConfig", "QuantFormat", "choice_formats", "int_format"]
+
+SCHEMES = ("symmetric", "asymmetric")
+GRANULARITIES = ("group", "channel")
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """How weights are quantized: ``group_size`` weights per fp16 scale along the
+    input dimension (0 = one scale per output channel; -1 is accepted as 0),
+    ``symmetric`` (else asymmetric with uint8 zero-points) and ``clip_search``
+    (search a clipping ratio per group). Validated on construction."""
+
+    group_size: int = 128
+    symmetric: bool = True
+    clip_search: bool = False
+
+    def __post_init__(self) -> None:
+        g = self.group_size
+        if (
+            isinstance(g, bool)
+            or not isinstance(g, numbers.Integral)
+            or not (g > 0 or g in (0, -1))
+        ):
+            raise ValueError(f"group_size must be > 0, or 0 / -1 for per-channel, got {g!r}")
+        object.__setattr__(self, "group_size", max(int(g), 0))
+        for name in ("symmetric", "clip_search"):
+            v = getattr(self, name)
+            if not isinstance(v, (bool, numbers.Integral)):
+                raise ValueError(f"{name} must be a bool, got {v!r}")
+            object.__setattr__(self, name, bool(v))
+
+    @property
+    def per_channel(self) -> bool:
+        return self.group_size == 0
+
+    @property
+    def scheme(self) -> str:
+        return "symmetric" if self.symmetric else "asymmetric"
+
+    def format(self, bits: int) -> QuantFormat:
+        """The format of a choice: ``bits`` in 2..8, 16 (fp16) or 0 (drop)."""
+        return int_format(bits, self.group_size, self.symmetric)
+
+    def choice_formats(self, choices) -> list[dict]:
+        """The format record of each choice, as a profile stores it."""
+        return [self.format(b).to_dict() for b in choices]
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``quantizer`` record of profiles and plans (what the C++ side reads;
+        clip search is recorded with the profile's source, not here)."""
+        return {
+            "scheme": self.scheme,
+            "granularity": "channel" if self.per_channel else "group",
+            "group_size": self.group_size,
+            "scale_bytes": 2,
+            "zero_bytes": 0 if self.symmetric else 1,
+            "bytes_model": "packed",
+        }
+
+    @staticmethod
+    def group_size_of(q: dict[str, Any] | None, target: str) -> int:
+        """The group size a ``quantizer`` record gives (0: per output channel);
+        FormatError naming ``target`` for another granularity."""
+        q = dict(q or {})
+        gran = q.get("granularity", "group")
+        if gran not in GRANULARITIES:
+            raise FormatError(
+                f"{target} has no per-{gran} quantization: plan quantizer granularity {gran!r} "
+                "is not supported (use 'group' or 'channel')"
+            )
+        return int(q.get("group_size", 128)) if gran == "group" else 0
+
+    @classmethod
+    def from_json(cls, q: dict[str, Any] | None, clip_search: bool = False) -> QuantConfig:
+        """Reads a ``quantizer`` record; FormatError for one that the packed
+        format cannot hold (other scale/zero-point sizes, an imported original
+        EMPAS byte count, unknown scheme or granularity)."""
+        q = dict(q or {})
+        g = cls.group_size_of(q, "apply")
+        scheme = q.get("scheme", "symmetric")
+        if scheme not in SCHEMES:
+            raise FormatError(f"plan quantizer scheme {scheme!r} is unknown")
+        symmetric = scheme == "symmetric"
+        zb = int(q.get("zero_bytes", 0 if symmetric else 1))
+        sb = int(q.get("scale_bytes", 2))
+        if sb != 2 or zb != (0 if symmetric else 1):
+            raise FormatError(
+                f"plan quantizer stores {sb}-byte scales and {zb}-byte zero points; the packed "
+                "format has fp16 scales and (asymmetric only) uint8 zero points"
+            )
+        if q.get("bytes_model", "packed") != "packed":
+            raise FormatError(
+                "the plan's byte counts use bytes_model='params_bits' (an imported original "
+                "EMPAS plan): it has no quantizer layout to apply; re-plan from an empas profile"
+            )
+        try:
+            return cls(g, symmetric, bool(clip_search))
+        except ValueError as exc:
+            raise FormatError(f"plan quantizer: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -61,4 +166,4 @@ def int_format(bits: int, group_size: int = 128, symmetric: bool = True) -> Quan
 
 def choice_formats(choices, group_size: int = 128, symmetric: bool = True) -> list[dict]:
     """The format record of each choice, as a profile stores it."""
-    return [int_format(b, group_size, symmetric).to_dict() for b in choices]
+    return QuantConfig(group_size, symmetric).choice_formats(choices)

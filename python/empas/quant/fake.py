@@ -34,15 +34,15 @@ from __future__ import annotations
 import numbers
 from typing import TYPE_CHECKING
 
-from ._native import load_ops
+from .._native import load_ops
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = ["fake_quant", "fake_quant_reference"]
 
-_NONFINITE = "weight contains NaN or Inf"
-_OVERFLOW = "a group's quantization scale overflows fp16 (|scale| > 65504): weight values too large"
+NONFINITE = "weight contains NaN or Inf"
+OVERFLOW = "a group's quantization scale overflows fp16 (|scale| > 65504): weight values too large"
 _N_RATIOS = 11
 
 
@@ -63,8 +63,8 @@ def fake_quant(
     bad arguments, NaN/Inf in ``w`` or a scale that overflows fp16; with
     ``inplace=True`` such an error may leave ``w`` partly quantized (groups holding
     NaN/Inf are never written)."""
-    _check(w, bits, group_size)
-    torch = _torch()
+    check_weight(w, bits, group_size)
+    torch = torch_module()
     with torch.no_grad():
         if bits == 16:
             return _fp16(w, inplace)
@@ -75,9 +75,9 @@ def fake_quant(
                 return w
             return torch.ops.empas.fake_quant(w, bits, group_size, symmetric, clip_search)
         except RuntimeError as exc:  # the op's checks (TORCH_CHECK)
-            for msg in (_NONFINITE, "overflows fp16"):
+            for msg in (NONFINITE, "overflows fp16"):
                 if msg in str(exc):
-                    raise ValueError(_NONFINITE if msg == _NONFINITE else _OVERFLOW) from exc
+                    raise ValueError(NONFINITE if msg == NONFINITE else OVERFLOW) from exc
             raise
 
 
@@ -92,8 +92,8 @@ def fake_quant_reference(
     """:func:`fake_quant` in plain PyTorch, vectorized over groups (the last group
     of a row is padded by repeating the row's last element, and masked out of
     the clip-search error). Bit-identical to the op; any device; needs no build."""
-    _check(w, bits, group_size)
-    torch = _torch()
+    check_weight(w, bits, group_size)
+    torch = torch_module()
     with torch.no_grad():
         if bits == 16:
             return _fp16(w, inplace)
@@ -109,7 +109,7 @@ def fake_quant_reference(
 # -- helpers ------------------------------------------------------------------------
 
 
-def _torch():
+def torch_module():
     try:
         import torch
     except ImportError as exc:
@@ -117,8 +117,8 @@ def _torch():
     return torch
 
 
-def _check(w, bits, group_size) -> None:
-    torch = _torch()
+def check_weight(w, bits, group_size) -> None:
+    torch = torch_module()
     if not isinstance(w, torch.Tensor):
         raise TypeError(f"w must be a torch.Tensor, got {type(w).__name__}")
     if isinstance(bits, bool) or not isinstance(bits, numbers.Integral):
@@ -150,11 +150,11 @@ def _fp16(w, inplace: bool):
 
 def _reference(torch, w, bits: int, group_size: int, symmetric: bool, clip_search: bool):
     rows, cols = w.shape
-    y = _quantize_groups(torch, w, bits, group_size, symmetric, clip_search)["y"]
+    y = quantize_groups(torch, w, bits, group_size, symmetric, clip_search)["y"]
     return y.reshape(rows, -1)[:, :cols].to(w.dtype).contiguous()
 
 
-def _quantize_groups(torch, w, bits: int, group_size: int, symmetric: bool, clip_search: bool):
+def quantize_groups(torch, w, bits: int, group_size: int, symmetric: bool, clip_search: bool):
     """The reference quantizer on the groups of a non-empty ``w``, as a dict of
     ``[rows, ngroups, g]`` / ``[rows, ngroups, 1]`` fp32 tensors: ``x`` (the groups,
     the last one padded), ``y`` (dequantized at the chosen ratio), and the chosen
@@ -168,7 +168,7 @@ def _quantize_groups(torch, w, bits: int, group_size: int, symmetric: bool, clip
     pad = ng * g - cols
     x = w.detach().to(torch.float32)
     if not bool(torch.isfinite(x).all()):
-        raise ValueError(_NONFINITE)
+        raise ValueError(NONFINITE)
     if pad:  # repeat the row's last element: min, max and the first argmax keep
         x = torch.cat([x, x[:, -1:].expand(rows, pad)], dim=1)
     x = x.reshape(rows, ng, g)
@@ -193,7 +193,7 @@ def _quantize_groups(torch, w, bits: int, group_size: int, symmetric: bool, clip
         if symmetric:
             d = ((m * r) / f32(-half)).to(torch.float16).to(torch.float32)
             if bool(torch.isinf(d).any()):
-                raise ValueError(_OVERFLOW)
+                raise ValueError(OVERFLOW)
             zero = d == 0
             d = torch.where(zero, f32(1.0), d)
             q = torch.clamp(torch.round(x / d), -half, half - 1)
@@ -202,7 +202,7 @@ def _quantize_groups(torch, w, bits: int, group_size: int, symmetric: bool, clip
         lor, hir = lo * r, hi * r
         s = ((hir - lor) / qmax).to(torch.float16).to(torch.float32)
         if bool(torch.isinf(s).any()):
-            raise ValueError(_OVERFLOW)
+            raise ValueError(OVERFLOW)
         same = s == 0
         s1 = torch.where(same, f32(1.0), s)
         z = torch.clamp(torch.round(-lor / s1), 0, 2**bits - 1)
@@ -231,9 +231,10 @@ def _quantize_groups(torch, w, bits: int, group_size: int, symmetric: bool, clip
     return {"x": x, "y": y, "scale": scale, "zero": zero, "special": special, "lo": lo}
 
 
-def _fake_quant_module_(m, bits: int, group_size: int, symmetric: bool, clip_search: bool):
-    """Quantize-dequantizes a member's weight in place (``m.weight``, ``m.view2d()``:
-    the [out, in] view); 16 bits rounds it to fp16 and back."""
+def quantize_member_(m, bits: int, config) -> None:
+    """Quantize-dequantizes a :class:`empas.models.structure.Member`'s weight in
+    place with ``config`` (a :class:`empas.QuantConfig`; ``m.view2d()`` is the
+    [out, in] view); 16 bits rounds it to fp16 and back."""
     import torch
 
     w = m.weight.data
@@ -244,8 +245,8 @@ def _fake_quant_module_(m, bits: int, group_size: int, symmetric: bool, clip_sea
             fake_quant(
                 m.view2d(),
                 bits,
-                group_size=group_size,
-                symmetric=symmetric,
-                clip_search=clip_search,
+                group_size=config.group_size,
+                symmetric=config.symmetric,
+                clip_search=config.clip_search,
                 inplace=True,
             )

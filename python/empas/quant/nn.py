@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._native import load_ops
+from .._native import load_ops
 
 __all__ = ["DroppedBlock", "HalfLinear", "PackedLinear"]
 

@@ -37,8 +37,8 @@ import numbers
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ._native import load_ops
-from .quant import _NONFINITE, _OVERFLOW, _check, _quantize_groups, _torch
+from .._native import load_ops
+from .fake import NONFINITE, OVERFLOW, check_weight, quantize_groups, torch_module
 
 if TYPE_CHECKING:
     import torch
@@ -129,7 +129,7 @@ def pack_reference(
     :func:`empas.fake_quant_reference`), bit-identical to the op; any device; needs
     no build."""
     _check_pack(w, bits, group_size)
-    torch = _torch()
+    torch = torch_module()
     rows, cols = w.shape
     ng = (
         0
@@ -143,7 +143,7 @@ def pack_reference(
             s = torch.zeros(rows, ng, dtype=torch.float16, device=dev)
             z = None if symmetric else torch.zeros(rows, ng, dtype=torch.uint8, device=dev)
             return PackedWeight(q, s, z, bits, group_size, (rows, cols), symmetric)
-        grp = _quantize_groups(torch, w, bits, group_size, symmetric, clip_search)
+        grp = quantize_groups(torch, w, bits, group_size, symmetric, clip_search)
         x, scale, special = grp["x"], grp["scale"], grp["special"]
         one = torch.tensor(1.0, dtype=torch.float32, device=dev)
         zero_f = torch.tensor(0.0, dtype=torch.float32, device=dev)
@@ -161,7 +161,7 @@ def pack_reference(
             q = torch.clamp(torch.round(x / torch.where(special, one, scale)) + z, 0, qmax)
             m = grp["lo"].to(torch.float16).to(torch.float32)  # the s == 0 groups read fp16(min)
             if bool((special & torch.isinf(m)).any()):
-                raise ValueError(_OVERFLOW)
+                raise ValueError(OVERFLOW)
             nz = m != 0
             codes = torch.where(special, torch.where(nz, one, zero_f), q)
             scale = torch.where(special, torch.where(nz, m, zero_f), scale)
@@ -174,7 +174,7 @@ def pack_reference(
 
 def dequant_reference(pw: PackedWeight, dtype: torch.dtype | None = None) -> torch.Tensor:
     """:func:`dequant` in plain PyTorch, bit-identical to the op; any device."""
-    torch = _torch()
+    torch = torch_module()
     dtype = _check_dequant(pw, dtype)
     rows, cols = pw.shape
     dev = pw.qweight.device
@@ -233,11 +233,11 @@ def _check_pack(w, bits, group_size) -> None:
         raise ValueError(f"bits must be an int in 2..8, got {bits!r}")
     if not 2 <= bits <= 8:
         raise ValueError(f"bits must be in 2..8 for packing, got {bits}")
-    _check(w, bits, group_size)
+    check_weight(w, bits, group_size)
 
 
 def _check_dequant(pw, dtype):
-    torch = _torch()
+    torch = torch_module()
     if not isinstance(pw, PackedWeight):
         raise TypeError(f"pw must be a PackedWeight, got {type(pw).__name__}")
     if dtype is None:
@@ -257,7 +257,7 @@ def _check_dequant(pw, dtype):
 
 def _check_layout(pw) -> None:
     """What the dequant op checks, for the reference (same sentences)."""
-    torch = _torch()
+    torch = torch_module()
     rows, cols = pw.shape
     expect = (rows * cols * pw.bits + 7) // 8
     if pw.qweight.dtype != torch.uint8 or pw.qweight.dim() != 1:
@@ -293,10 +293,10 @@ def _translate(exc: RuntimeError) -> None:
     """Raises ValueError (from exc) for the ops' argument and data errors; returns
     for anything else (the caller re-raises)."""
     msg = str(exc)
-    if _NONFINITE in msg:
-        raise ValueError(_NONFINITE) from exc
+    if NONFINITE in msg:
+        raise ValueError(NONFINITE) from exc
     if "overflows fp16" in msg:
-        raise ValueError(_OVERFLOW) from exc
+        raise ValueError(OVERFLOW) from exc
     for op in ("empas::quantize_pack: ", "empas::dequant: "):
         if op in msg:
             first = msg.split(op, 1)[1].splitlines()[0].strip()

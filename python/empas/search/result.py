@@ -1,13 +1,6 @@
-"""``empas.search``: Pareto search over a sensitivity profile.
-
-Two methods over the same additive proxy (loss = baseline + Σ Δ, bytes = Σ
-exact unit bytes + unsearched bytes):
-
-* ``"nsga2"``: multithreaded NSGA-II in C++ (any objectives, budgets,
-  checkpoint/resume, progress);
-* ``"exact"``: the exact loss-vs-bytes front by Pareto-set merging (or an
-  ε-grid when ``resolution`` is given), the yardstick for the GA.
-"""
+"""The result of a search (``empas.search/1``): the Pareto :class:`Front` and
+its archetypes, saved as result.json, front.csv and plan files, and loaded back
+by :meth:`SearchResult.load`."""
 
 from __future__ import annotations
 
@@ -15,158 +8,71 @@ import html
 import json
 import math
 import os
-import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ._native import core
-from .errors import InfeasibleError
-from .plan import Plan
-from .sensitivity import Profile, load_profile
-from .sizes import format_bytes, parse_size
+from .._native import core
+from ..errors import FormatError, InfeasibleError
+from ..plan import Plan
+from ..profile.table import Profile
+from ..util.io import atomic_write_text, clean_json, read_json
+from ..util.sizes import format_bytes, parse_size
+from .config import SearchConfig
 
-METHODS = ("nsga2", "exact")
+__all__ = ["ARCHETYPES", "SEARCH_FORMAT", "Front", "SearchResult"]
+
+SEARCH_FORMAT = "empas.search/1"
 ARCHETYPES = ("max_accuracy", "balanced", "max_compression")
-
-
-@dataclass
-class SearchConfig:
-    """Validated settings of one search (see :func:`search` for meanings)."""
-
-    method: str = "nsga2"
-    pop_size: int = 100
-    generations: int = 50
-    seed: int = 0
-    max_bytes: int | None = None
-    max_avg_bits: float | None = None
-    threads: int | None = None
-    latency: bool = False
-    pinned: dict[str, int] | None = field(default_factory=dict)
-    allowed_bits: list[int] | None = None
-    crossover_prob: float = 0.7
-    mutation_prob: float | None = None
-    eliminate_duplicates: bool = True
-    seed_uniform: bool = True
-    sampling: str = "stratified"
-    mutation: str = "neighbor"
-    checkpoint: str | None = None
-    checkpoint_every: int = 10
-    max_points: int = 2_000_000
-    resolution: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        self.pop_size = _int("pop_size", self.pop_size, 4, "a population needs at least 4 members")
-        self.generations = _int("generations", self.generations, 1, "run at least one generation")
-        self.seed = _int("seed", self.seed, 0, "seeds are integers >= 0", hi=None)
-        if self.seed >= 2**64:
-            raise ValueError("seed must be < 2**64")
-        if self.threads is not None:
-            self.threads = _int("threads", self.threads, 1, "use threads=None for all cores")
-        if self.max_bytes is not None:
-            self.max_bytes = parse_size(self.max_bytes)
-            if self.max_bytes > _INT64_MAX:
-                raise ValueError(
-                    f"max_bytes must be at most {_INT64_MAX} bytes, got {self.max_bytes}"
-                )
-        if self.max_avg_bits is not None:
-            v = self.max_avg_bits
-            if (
-                isinstance(v, bool)
-                or not isinstance(v, (int, float))
-                or not math.isfinite(v)
-                or v <= 0
-            ):
-                raise ValueError(f"max_avg_bits must be a positive number, got {v!r}")
-        for name in ("crossover_prob",) + (
-            ("mutation_prob",) if self.mutation_prob is not None else ()
-        ):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
-                raise ValueError(f"{name} must be a probability in [0, 1], got {v!r}")
-        self.checkpoint_every = _int("checkpoint_every", self.checkpoint_every, 1, "")
-        self.max_points = _int("max_points", self.max_points, 1, "", hi=_INT64_MAX)
-        if self.resolution is not None:
-            self.resolution = parse_size(self.resolution)
-            if not 1 <= self.resolution <= _INT64_MAX:
-                raise ValueError(f"resolution must be between 1 and {_INT64_MAX} bytes")
-        if self.method == "exact" and self.latency:
-            raise ValueError("method='exact' covers loss vs bytes; latency needs method='nsga2'")
-        if self.method == "exact" and self.max_avg_bits is not None:
-            raise ValueError("method='exact' supports max_bytes only; max_avg_bits needs 'nsga2'")
-        if self.sampling not in ("stratified", "uniform"):
-            raise ValueError(f"sampling must be 'stratified' or 'uniform', got {self.sampling!r}")
-        if self.mutation not in ("neighbor", "uniform"):
-            raise ValueError(f"mutation must be 'neighbor' or 'uniform', got {self.mutation!r}")
-        try:
-            pinned = dict(self.pinned or {})
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"pinned must be a {{unit_name: bits}} dict, got {self.pinned!r}"
-            ) from None
-        self.pinned = {str(k): _bits(f"pinned[{k!r}]", v) for k, v in pinned.items()}
-        if self.allowed_bits is not None:
-            if isinstance(self.allowed_bits, (str, bytes)) or not isinstance(
-                self.allowed_bits, Iterable
-            ):
-                raise ValueError(
-                    f"allowed_bits must be a list of bit widths, got {self.allowed_bits!r}"
-                )
-            self.allowed_bits = [_bits("allowed_bits", b) for b in self.allowed_bits]
-        if self.checkpoint is not None:
-            self.checkpoint = os.fspath(self.checkpoint)
-
-
-_INT32_MAX = 2**31 - 1  # C++ int arguments
-_INT64_MAX = 2**63 - 1  # C++ int64_t arguments
-
-
-def _int(name: str, v: Any, lo: int, hint: str, hi: int | None = _INT32_MAX) -> int:
-    """``v`` as a plain int (numpy integers too) in [lo, hi], else ValueError."""
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-        raise ValueError(
-            f"{name} must be an integer >= {lo}, got {v!r}" + (f" ({hint})" if hint else "")
-        )
-    if hi is not None and v > hi:
-        raise ValueError(f"{name} must be at most {hi}, got {v!r}")
-    return int(v)
-
-
-def _bits(name: str, v: Any) -> int:
-    """A bit width: an integer (numpy integers too), never a float or string."""
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-        raise ValueError(f"{name}: bit widths must be integers, got {v!r}")
-    return int(v)
 
 
 class Front(Sequence):
     """The Pareto front as a read-only sequence of :class:`Plan`, ascending
     predicted bytes. Backed by arrays (``genomes``, ``loss``, ``bytes``,
-    ``avg_bits``); Plans are built on access, so fronts of thousands of plans
-    over hundreds of units stay cheap."""
+    ``avg_bits``, ``latency`` or None); Plans are built on access, so fronts of
+    thousands of plans over hundreds of units stay cheap."""
 
-    def __init__(self, profile: Profile, problem: Any, genomes: np.ndarray, provenance: dict):
-        self._profile = profile
-        self._problem = problem
-        ev = problem.evaluate(genomes) if len(genomes) else None
-        order = (
-            np.lexsort((ev["loss"], ev["bytes"])) if ev is not None else np.zeros(0, dtype=np.int64)
-        )
-        self.genomes = np.ascontiguousarray(genomes[order])
-        self.loss = ev["loss"][order] if ev is not None else np.zeros(0)
-        self.bytes = ev["bytes"][order] if ev is not None else np.zeros(0, dtype=np.int64)
-        self.avg_bits = ev["avg_bits"][order] if ev is not None else np.zeros(0)
-        self.latency = (
-            ev["latency"][order] if ev is not None and problem.n_objectives == 3 else None
-        )
-        self._provenance = provenance
+    def __init__(
+        self,
+        genomes: np.ndarray,
+        loss: np.ndarray,
+        bytes: np.ndarray,
+        avg_bits: np.ndarray,
+        latency: np.ndarray | None,
+        choice_bits: Sequence[int],
+        make_plan: Any,
+    ):
+        self.genomes = np.ascontiguousarray(genomes, dtype=np.int64)
+        self.loss = np.asarray(loss, dtype=float)
+        self.bytes = np.asarray(bytes, dtype=np.int64)
+        self.avg_bits = np.asarray(avg_bits, dtype=float)
+        self.latency = None if latency is None else np.asarray(latency, dtype=float)
+        self._choice_bits = np.asarray(choice_bits)
+        self._make_plan = make_plan  # genome row -> Plan
         self._cache: dict[int, Plan] = {}
-        self._choice_bits = np.asarray(problem.choice_bits)
+
+    @classmethod
+    def evaluated(cls, profile: Profile, problem: Any, genomes: np.ndarray, provenance: dict):
+        """The front of ``genomes`` with the proxy's metrics, sorted by (bytes, loss)."""
+        ev = problem.evaluate(genomes) if len(genomes) else None
+        if ev is None:
+            z = np.zeros(0)
+            g = np.zeros((0, profile.n_units), dtype=np.int64)
+            return cls(g, z, z.astype(np.int64), z, None, problem.choice_bits, None)
+        order = np.lexsort((ev["loss"], ev["bytes"]))
+        lat = ev["latency"][order] if problem.n_objectives == 3 else None
+        return cls(
+            np.asarray(genomes)[order],
+            ev["loss"][order],
+            ev["bytes"][order],
+            ev["avg_bits"][order],
+            lat,
+            problem.choice_bits,
+            _plan_maker(profile, problem, provenance),
+        )
 
     def __len__(self) -> int:
         return len(self.loss)
@@ -179,9 +85,7 @@ class Front(Sequence):
             raise IndexError(f"front index {i} out of range (front has {n} plans)")
         i %= n
         if i not in self._cache:
-            plan = self._profile._make_plan(self._problem, self.genomes[i])
-            plan._data["provenance"]["search"] = self._provenance
-            self._cache[i] = plan
+            self._cache[i] = self._make_plan(i, self.genomes[i])
         return self._cache[i]
 
     def bits(self, i: int) -> list[int]:
@@ -192,6 +96,32 @@ class Front(Sequence):
         return f"<Front of {len(self)} plans>"
 
 
+def _plan_maker(profile: Profile, problem: Any, provenance: dict):
+    def make(i: int, genome: np.ndarray) -> Plan:
+        plan = profile._make_plan(problem, genome)
+        plan._data["provenance"]["search"] = provenance
+        return plan
+
+    return make
+
+
+def _stored_plan_maker(front_doc: dict, template: dict[str, Any], provenance: dict):
+    """Plans of a result loaded without its profile: the template plan's units and
+    quantizer with each front point's bits and stored predictions."""
+
+    def make(i: int, genome: np.ndarray) -> Plan:
+        d = json.loads(json.dumps(template))
+        for u, b in zip(d["units"], front_doc["bits"][i]):
+            u["bits"] = int(b)
+        d["predicted"] = {k: front_doc[k][i] for k in ("loss", "bytes", "avg_bits")}
+        d["archetype"] = None
+        d["measured"] = None
+        d.setdefault("provenance", {})["search"] = provenance
+        return Plan.from_dict(d)
+
+    return make
+
+
 class SearchResult:
     """Everything a search produced.
 
@@ -199,11 +129,12 @@ class SearchResult:
     bytes; non-dominated and feasible). ``archetypes``: name -> Plan.
     ``hypervolume``: of the loss x bytes front against ``reference_point`` (the
     worst corner of the space: worst reachable loss, largest reachable bytes).
-    ``history``: per-generation dicts (NSGA-II)."""
+    ``history``: per-generation dicts (NSGA-II). ``profile``: the profile searched
+    (None for a result loaded without it: see :meth:`load`)."""
 
     def __init__(
         self,
-        profile: Profile,
+        profile: Profile | None,
         config: SearchConfig,
         front: Front,
         reference_point: list[float],
@@ -212,6 +143,8 @@ class SearchResult:
         seconds: float,
         exact: bool,
         extra: dict[str, Any],
+        *,
+        stored: dict[str, Any] | None = None,
     ):
         self.profile = profile
         self.config = config
@@ -222,26 +155,125 @@ class SearchResult:
         self.seconds = seconds
         self.exact = exact
         self.extra = extra
+        if stored is not None:  # loaded: what the file says
+            self.source = stored["profile"]
+            self.unit_names = list(stored["units"])
+            self.choices = list(stored["choices"])
+            self.hypervolume = stored["hypervolume"]
+            self.archetype_index = dict(stored["archetype_index"])
+            self.archetypes = dict(stored["archetypes"])
+            return
+        self.source = {
+            "path": profile.path,
+            "model": profile.model_name,
+            "fingerprint": profile.fingerprint,
+        }
+        self.unit_names = profile.unit_names
+        self.choices = list(profile.choices)
         self.hypervolume = (
             float(core().hypervolume(self._points(front), reference_point[:2]))
             if len(front)
             else 0.0
         )
         loss, size = front.loss.tolist(), front.bytes.astype(float).tolist()
-        self._archetype_index = {
+        self.archetype_index = {
             k: v for k, v in dict(core().select_archetypes(loss, size)).items() if v >= 0
         }
         if config.max_bytes is not None and len(front):
             i = core().best_under_budget(loss, size, float(config.max_bytes))
             if i >= 0:
-                self._archetype_index["best_under_budget"] = i
+                self.archetype_index["best_under_budget"] = i
         self.archetypes: dict[str, Plan] = {
-            name: _labelled(front[i], name) for name, i in self._archetype_index.items()
+            name: _labelled(front[i], name) for name, i in self.archetype_index.items()
         }
+
+    @property
+    def model_name(self) -> str:
+        """The searched profile's model name."""
+        return str(self.source.get("model") or "")
 
     @staticmethod
     def _points(front: Front) -> np.ndarray:
         return np.column_stack([front.loss, front.bytes.astype(float)])
+
+    # -- loading ------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | os.PathLike, profile: Profile | str | None = None) -> SearchResult:
+        """Reads ``result.json`` (``empas.search/1``; ``path`` may also be the
+        directory holding it). With the profile it was searched on (``profile=``, or
+        found by the path the result records, or a ``profile.json`` beside it, when
+        its units and fingerprint match) plans are rebuilt from it exactly; without,
+        the front's plans come from the stored predictions and ``profile`` is None.
+        Raises FormatError naming the file and the field for malformed results, and
+        for a given profile that is not the result's."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / "result.json"
+        doc = read_json(path, "search result", FormatError)
+        r = _parse(path, doc)
+        if isinstance(profile, (str, os.PathLike)):
+            from ..profile.table import load_profile
+
+            profile = load_profile(profile)
+        if profile is not None:
+            why = _mismatch(profile, r)
+            if why:
+                raise FormatError(f"{path}: the profile is not this result's ({why})")
+        else:
+            profile = _find_profile(path, r)
+        try:
+            config = SearchConfig(**r["config"])
+        except (TypeError, ValueError) as exc:
+            raise FormatError(
+                f"{path}: 'config' is not a valid search configuration ({exc})"
+            ) from None
+        prov = dict(next(iter(r["plans"].values()), {}).get("provenance", {}).get("search") or {})
+        f = r["front"]
+        if profile is not None:
+            problem = profile.problem(
+                config.max_bytes,
+                config.max_avg_bits,
+                config.pinned,
+                config.allowed_bits,
+                config.latency,
+            )
+            col = {b: j for j, b in enumerate(profile.choices)}
+            genomes = np.array([[col[b] for b in row] for row in f["bits"]], dtype=np.int64)
+            maker = _plan_maker(profile, problem, prov)
+            choice_bits = profile.choices
+        else:
+            col = {b: j for j, b in enumerate(r["choices"])}
+            genomes = np.array([[col[b] for b in row] for row in f["bits"]], dtype=np.int64)
+            template = next(iter(r["plans"].values()))
+            maker = _stored_plan_maker(f, template, prov)
+            choice_bits = r["choices"]
+        genomes = genomes.reshape(len(f["loss"]), len(r["units"]))
+        front = Front(
+            genomes, f["loss"], f["bytes"], f["avg_bits"], f.get("latency"), choice_bits, maker
+        )
+        archetypes = {name: Plan.from_dict(d) for name, d in r["plans"].items()}
+        stored = {
+            "profile": r["profile"],
+            "units": r["units"],
+            "choices": r["choices"],
+            "hypervolume": r["hypervolume"],
+            "archetype_index": r["archetypes"],
+            "archetypes": archetypes,
+        }
+        res = cls(
+            profile,
+            config,
+            front,
+            r["reference_point"],
+            r["history"],
+            r["evaluations"],
+            r["seconds"],
+            r["exact"],
+            r["extra"],
+            stored=stored,
+        )
+        res.path = path
+        return res
 
     # -- queries ------------------------------------------------------------
     @property
@@ -274,19 +306,15 @@ class SearchResult:
         f = self.front
         return {
             "format": "empas.search/1",
-            "profile": {
-                "path": self.profile.path,
-                "model": self.profile.model_name,
-                "fingerprint": self.profile.fingerprint,
-            },
+            "profile": dict(self.source),
             "config": asdict(self.config),
             "exact": self.exact,
             "reference_point": list(self.reference_point),
             "hypervolume": self.hypervolume,
             "evaluations": self.evaluations,
             "seconds": self.seconds,
-            "choices": list(self.profile.choices),
-            "units": self.profile.unit_names,
+            "choices": list(self.choices),
+            "units": list(self.unit_names),
             "front": {
                 "loss": f.loss.tolist(),
                 "bytes": f.bytes.tolist(),
@@ -294,7 +322,7 @@ class SearchResult:
                 "bits": [f.bits(i) for i in range(len(f))],
             },
             "archetypes": {
-                name: {"index": self._archetype_index[name], "plan": p.to_dict()}
+                name: {"index": self.archetype_index[name], "plan": p.to_dict()}
                 for name, p in self.archetypes.items()
             },
             "history": self.history,
@@ -302,7 +330,7 @@ class SearchResult:
         }
 
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(_finite(self.to_dict()), indent=indent, allow_nan=False)
+        return json.dumps(clean_json(self.to_dict()), indent=indent, allow_nan=False)
 
     def save(self, outdir: str | os.PathLike, *, overwrite: bool = False) -> dict[str, Path]:
         """Writes result.json, front.csv and plans/<archetype>.json into ``outdir``."""
@@ -319,16 +347,15 @@ class SearchResult:
                     + "; pass overwrite=True (CLI: --force)"
                 )
         (out / "plans").mkdir(parents=True, exist_ok=True)
-        write = core().write_file_atomic
-        write(str(targets["result"]), self.to_json() + "\n")
-        write(str(targets["front_csv"]), self._csv())
+        atomic_write_text(targets["result"], self.to_json() + "\n")
+        atomic_write_text(targets["front_csv"], self._csv())
         for name, plan in self.archetypes.items():
             plan.save(targets[name])
         return targets
 
     def _labels(self) -> dict[int, list[str]]:
         labels: dict[int, list[str]] = {}
-        for name, i in self._archetype_index.items():
+        for name, i in self.archetype_index.items():
             labels.setdefault(i, []).append(name)
         return labels
 
@@ -362,13 +389,18 @@ class SearchResult:
 
     def plot(self, ax=None, *, others: Sequence[SearchResult] = (), annotate: bool = True):
         """Loss vs MiB of the front (and of ``others``), archetypes marked. Returns the Axes."""
-        from .plotting import plot_fronts
+        from .plot import plot_fronts
 
         return plot_fronts([self, *others], ax=ax, annotate=annotate)
 
     def compare_uniform(self) -> list[dict[str, Any]]:
         """For each uniform precision every unit allows (all 2-bit, all 4-bit, ...):
         its predicted loss and bytes, and the best front plan that fits the same bytes."""
+        if self.profile is None:
+            raise ValueError(
+                "compare_uniform() needs the profile: load the result with "
+                "SearchResult.load(path, profile=...)"
+            )
         rows = []
         allowed = ~np.isnan(self.profile.delta)
         for c, bits in enumerate(self.profile.choices):
@@ -392,7 +424,7 @@ class SearchResult:
     def summary(self) -> str:
         """A readable text table of the archetypes and of the front vs uniform precision."""
         lines = [
-            f"{self.method} search on {self.profile.model_name or self.profile.path}: "
+            f"{self.method} search on {self.model_name or self.source.get('path')}: "
             f"{len(self.front)} front plans, hypervolume {self.hypervolume:.6g}, "
             f"{self.evaluations:,} evaluations, {self.seconds * 1e3:.1f} ms"
         ]
@@ -402,7 +434,7 @@ class SearchResult:
                 f"{name:<18} {p.predicted_loss:>10.4f} {format_bytes(p.predicted_bytes):>12} "
                 f"{p.predicted_avg_bits:>9.2f}"
             )
-        rows = self.compare_uniform()
+        rows = self.compare_uniform() if self.profile is not None else []
         if rows:
             lines.append(f"{'uniform':<8} {'size':>12} {'loss':>10}   {'front at <= size':>16}")
             for r in rows:
@@ -437,183 +469,167 @@ def _labelled(plan: Plan, name: str) -> Plan:
     return p
 
 
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
+# ----------------------------------------------------------------------------
+# reading empas.search/1
+# ----------------------------------------------------------------------------
+
+
+def _num(v: Any) -> float:
+    """A float (NaN for None / non-numbers: a non-finite value is stored as null)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return math.nan
+    return float(v)
+
+
+def _int_list(v: Any) -> list[int] | None:
+    if not isinstance(v, list) or not all(
+        isinstance(b, int) and not isinstance(b, bool) for b in v
+    ):
         return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
+    return [int(b) for b in v]
 
 
-def search(
-    profile: Profile | str | os.PathLike,
-    method: str = "nsga2",
-    pop_size: int = 100,
-    generations: int = 50,
-    seed: int = 0,
-    max_bytes: int | str | None = None,
-    threads: int | None = None,
-    *,
-    max_avg_bits: float | None = None,
-    latency: bool = False,
-    pinned: dict[str, int] | None = None,
-    allowed_bits: Sequence[int] | None = None,
-    initial: Sequence[Plan | Sequence[int] | dict[str, int]] | None = None,
-    crossover_prob: float = 0.7,
-    mutation_prob: float | None = None,
-    eliminate_duplicates: bool = True,
-    seed_uniform: bool = True,
-    sampling: str = "stratified",
-    mutation: str = "neighbor",
-    checkpoint: str | os.PathLike | None = None,
-    checkpoint_every: int = 10,
-    progress: bool | Callable[[dict[str, Any]], bool | None] = False,
-    max_points: int = 2_000_000,
-    resolution: int | str | None = None,
-) -> SearchResult:
-    """Searches bit allocations on a sensitivity profile.
-
-    Args:
-        profile: a :class:`Profile` or a path (``empas.sensitivity/1`` or original EMPAS).
-        method: "nsga2" (genetic, any objectives/budgets) or "exact" (exact loss-vs-bytes front).
-        pop_size, generations: NSGA-II population (>= 4) and generations (>= 1).
-        seed: random seed; the same seed gives the same result on any thread count.
-        max_bytes: memory budget for the whole model, bytes or "8GB"/"1.5GiB".
-        threads: worker threads (None: all cores).
-        max_avg_bits: budget on the parameter-weighted mean bits of searched units.
-        latency: add the profile's latency table as a third objective (NSGA-II).
-        pinned: {unit: bits} fixed choices. allowed_bits: restrict the choices globally.
-        initial: plans placed in the first generation (warm start).
-        crossover_prob, mutation_prob: uniform crossover probability; per-gene
-            mutation probability (None: 1 / n_units).
-        eliminate_duplicates: re-mutate children that repeat a member.
-        seed_uniform: put the uniform-precision plans (all 2-bit, all 4-bit, ...)
-            and the smallest/largest plans in the first generation.
-        sampling: "stratified" (random members spread over the size range) or "uniform".
-        mutation: "neighbor" (one step up/down a unit's precisions) or "uniform".
-        checkpoint: file to write every ``checkpoint_every`` generations; a run
-            started with an existing matching checkpoint resumes from it.
-        progress: True for a progress bar, or a callable receiving each
-            generation's stats (return False to stop early).
-        max_points, resolution: exact method: largest intermediate front, and an
-            optional ε-grid width in bytes for huge spaces.
-    """
-    given = locals()
-    cfg = SearchConfig(**{f.name: given[f.name] for f in fields(SearchConfig)})
-    if not isinstance(profile, Profile):
-        profile = load_profile(profile)
-    problem = profile.problem(
-        cfg.max_bytes, cfg.max_avg_bits, cfg.pinned, cfg.allowed_bits, cfg.latency
-    )
-    provenance = {
-        "method": cfg.method,
-        "seed": cfg.seed,
-        "pop_size": cfg.pop_size,
-        "generations": cfg.generations,
-        "max_bytes": cfg.max_bytes,
-        "max_avg_bits": cfg.max_avg_bits,
-        "profile_path": profile.path,
-    }
-    t0 = time.perf_counter()
-    if cfg.method == "exact":
-        r = core().exact_front(problem, cfg.max_points, cfg.resolution or 0)
-        genomes = r["genomes"]
-        history: list[dict[str, Any]] = []
-        evaluations = 0
-        extra = {"peak_states": r["peak_states"], "eps_bytes": r["eps_bytes"]}
-        exact = bool(r["exact"])
-    else:
-        init = None
-        if initial is not None:  # a sequence of plans, or a (k, n_units) array of bits
-            rows = [profile.genome(_as_plan_input(p)) for p in initial]
-            if rows:
-                init = np.stack(rows).astype(np.int64)
-        cb, close = _progress_callback(progress, cfg.generations)
-        try:
-            r = core().run_nsga2(
-                problem,
-                pop_size=cfg.pop_size,
-                generations=cfg.generations,
-                seed=cfg.seed,
-                crossover_prob=cfg.crossover_prob,
-                mutation_prob=-1.0 if cfg.mutation_prob is None else cfg.mutation_prob,
-                threads=cfg.threads or 0,
-                eliminate_duplicates=cfg.eliminate_duplicates,
-                seed_uniform=cfg.seed_uniform,
-                initial=init,
-                checkpoint=cfg.checkpoint or "",
-                checkpoint_every=cfg.checkpoint_every,
-                progress=cb,
-                sampling=cfg.sampling,
-                mutation=cfg.mutation,
+def _parse(path: Path, doc: Any) -> dict[str, Any]:
+    """The validated contents of a result document; FormatError names the field."""
+    if not isinstance(doc, dict):
+        raise FormatError(f"{path}: expected a JSON object ({SEARCH_FORMAT})")
+    fmt = doc.get("format")
+    if fmt != SEARCH_FORMAT:
+        raise FormatError(
+            f"{path}: not an EMPAS search result (format {fmt!r}, expected {SEARCH_FORMAT!r})"
+        )
+    units = doc.get("units")
+    if not isinstance(units, list) or not units or not all(isinstance(u, str) for u in units):
+        raise FormatError(f"{path}: 'units' must be a non-empty list of unit names")
+    front = doc.get("front")
+    if not isinstance(front, dict):
+        raise FormatError(f"{path}: 'front' must be an object with loss/bytes/avg_bits/bits")
+    cols = {}
+    for k in ("loss", "bytes", "avg_bits", "bits"):
+        v = front.get(k)
+        if not isinstance(v, list):
+            raise FormatError(f"{path}: front.{k} must be a list")
+        cols[k] = v
+    n = len(cols["loss"])
+    if any(len(v) != n for v in cols.values()):
+        lens = {k: len(v) for k, v in cols.items()}
+        raise FormatError(f"{path}: front lists differ in length: {lens}")
+    if n == 0:
+        raise FormatError(f"{path}: the front is empty (the search found no feasible plan)")
+    bits = []
+    for i, b in enumerate(cols["bits"]):
+        bl = _int_list(b)
+        if bl is None or len(bl) != len(units):
+            raise FormatError(
+                f"{path}: front.bits[{i}] must list {len(units)} integer bit widths (one per unit)"
             )
-        finally:
-            close()
-        genomes = _unique_rows(r["genomes"][r["front"]])
-        history = list(r["history"])
-        evaluations = int(r["evaluations"])
-        extra = {
-            "generations_run": r["generations_run"],
-            "resumed_from": r["resumed_from"],
-            "stopped_early": r["stopped_early"],
-            "native_seconds": r["seconds"],
-        }
-        exact = False
-    front = Front(profile, problem, np.asarray(genomes, dtype=np.int64), provenance)
-    seconds = time.perf_counter() - t0
-    return SearchResult(
-        profile,
-        cfg,
-        front,
-        list(problem.reference_point),
-        history,
-        evaluations,
-        seconds,
-        exact,
-        extra,
-    )
+        bits.append(bl)
+    for k in ("loss", "bytes"):
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in cols[k]):
+            raise FormatError(f"{path}: front.{k} must hold numbers")
+    latency = front.get("latency")
+    if latency is not None and (not isinstance(latency, list) or len(latency) != n):
+        raise FormatError(f"{path}: front.latency must be a list of {n} numbers")
+    choices = _int_list(doc.get("choices")) or sorted({b for row in bits for b in row})
+    unknown = sorted({b for row in bits for b in row} - set(choices))
+    if unknown:
+        raise FormatError(f"{path}: front.bits uses {unknown}, which 'choices' does not list")
+    arch_doc = doc.get("archetypes") or {}
+    if not isinstance(arch_doc, dict):
+        raise FormatError(f"{path}: 'archetypes' must be an object")
+    archetypes: dict[str, int] = {}
+    plans: dict[str, dict[str, Any]] = {}
+    for name, a in arch_doc.items():
+        idx = a.get("index") if isinstance(a, dict) else None
+        if isinstance(idx, bool) or not isinstance(idx, int) or not 0 <= idx < n:
+            raise FormatError(f"{path}: archetypes.{name}.index must be a front index < {n}")
+        plan = a.get("plan")
+        if not isinstance(plan, dict) or not isinstance(plan.get("units"), list):
+            raise FormatError(f"{path}: archetypes.{name}.plan must be an empas.plan/1 object")
+        if [u.get("name") if isinstance(u, dict) else None for u in plan["units"]] != units:
+            raise FormatError(f"{path}: archetypes.{name}.plan does not list the result's units")
+        archetypes[str(name)] = idx
+        plans[str(name)] = plan
+    prof = doc.get("profile") if isinstance(doc.get("profile"), dict) else {}
+    cfg = doc.get("config") if isinstance(doc.get("config"), dict) else {}
+    known = {f for f in SearchConfig.__dataclass_fields__}
+    ref = doc.get("reference_point")
+    ref = [_num(x) for x in ref] if isinstance(ref, list) else [math.nan, math.nan]
+    hist = doc.get("history") if isinstance(doc.get("history"), list) else []
+    evals = doc.get("evaluations")
+    secs = doc.get("seconds")
+    return {
+        "units": units,
+        "choices": choices,
+        "front": {
+            "loss": [_num(x) for x in cols["loss"]],
+            "bytes": [int(x) for x in cols["bytes"]],
+            "avg_bits": [_num(x) for x in cols["avg_bits"]],
+            "bits": bits,
+            "latency": None if latency is None else [_num(x) for x in latency],
+        },
+        "archetypes": archetypes,
+        "plans": plans,
+        "profile": prof,
+        "config": {k: v for k, v in cfg.items() if k in known},
+        "method": str(cfg.get("method") or "?"),
+        "exact": bool(doc.get("exact")),
+        "hypervolume": _num(doc.get("hypervolume")),
+        "reference_point": ref,
+        "history": hist,
+        "evaluations": int(evals) if isinstance(evals, int) and not isinstance(evals, bool) else 0,
+        "seconds": float(_num(secs)),
+        "extra": doc.get("extra") if isinstance(doc.get("extra"), dict) else {},
+    }
 
 
-def _as_plan_input(p: Any) -> Any:
-    if isinstance(p, (Plan, dict)):
-        return p
-    return [int(b) for b in p]
+def _mismatch(prof: Profile, r: dict[str, Any]) -> str | None:
+    """None if ``prof`` is the result's profile, else why not."""
+    if prof.n_units != len(r["units"]):
+        return f"it has {prof.n_units} units, the result {len(r['units'])}"
+    if prof.unit_names != r["units"]:
+        bad = next(i for i, (a, b) in enumerate(zip(prof.unit_names, r["units"])) if a != b)
+        return f"unit {bad} is {prof.unit_names[bad]!r} there, {r['units'][bad]!r} in the result"
+    fp = r["profile"].get("fingerprint")
+    if fp and prof.fingerprint != fp:
+        return f"fingerprint {prof.fingerprint} differs from the result's {fp}"
+    return None
 
 
-def _unique_rows(a: np.ndarray) -> np.ndarray:
-    seen: set[bytes] = set()
-    keep = []
-    for i, row in enumerate(a):
-        key = row.tobytes()
+def profile_candidates(path: Path, r_profile: dict[str, Any]) -> list[str]:
+    """Where a result's profile may be: ``profile.json`` beside result.json or one
+    level up, and the path the result records (an ``example:`` name, or a file
+    relative to the working directory or the result's directory)."""
+    specs = [str(c) for c in (path.parent / "profile.json", path.parent.parent / "profile.json")]
+    specs = [s for s in specs if Path(s).is_file()]
+    ref = r_profile.get("path")
+    if isinstance(ref, str) and ref:
+        if ref.startswith("example:"):
+            specs.append(ref)
+        else:
+            for d in (Path.cwd(), path.parent, path.parent.parent):
+                c = Path(ref) if Path(ref).is_absolute() else d / ref
+                if c.is_file():
+                    specs.append(str(c))
+                    break
+    out: list[str] = []
+    seen: set[str] = set()
+    for spec in specs:
+        key = spec if spec.startswith("example:") else str(Path(spec).resolve())
         if key not in seen:
             seen.add(key)
-            keep.append(i)
-    return a[keep]
+            out.append(spec)
+    return out
 
 
-def _progress_callback(progress: Any, total: int):
-    if callable(progress):
-        # Python truthiness for any return value (None: go on); the native
-        # side only converts None and bools.
-        def call(stats: dict[str, Any]) -> bool:
-            r = progress(stats)
-            return True if r is None else bool(r)
+def _find_profile(path: Path, r: dict[str, Any]) -> Profile | None:
+    from ..profile.table import load_profile
 
-        return call, lambda: None
-    if not progress:
-        return None, lambda: None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        raise ImportError("progress=True needs tqdm: pip install tqdm") from None
-    bar = tqdm(total=total, desc="NSGA-II", unit="gen")
-
-    def cb(stats: dict[str, Any]) -> bool:
-        if stats["generation"] > 0:
-            bar.update(stats["generation"] - bar.n)
-        bar.set_postfix(front=stats["front_size"], best=f"{stats['best_loss']:.4f}")
-        return True
-
-    return cb, bar.close
+    for spec in profile_candidates(path, r["profile"]):
+        try:
+            prof = load_profile(spec)
+        except (OSError, ValueError):
+            continue
+        if _mismatch(prof, r) is None:
+            return prof
+    return None

@@ -3,7 +3,7 @@
 One process holds the model ONCE and every plan's packed weights: the base model
 is loaded once, and each plan gets a variant that shares every tensor it does not
 quantize (embeddings, norms, head, rotary buffers) with the base and holds only its
-own ``empas.nn.PackedLinear`` / ``HalfLinear`` modules. Once the variants exist the
+own ``empas.quant.nn.PackedLinear`` / ``HalfLinear`` modules. Once the variants exist the
 base model is released, so its full-precision linear weights are freed (unless the
 caller still holds the model object). Requests choose a plan by name:
 
@@ -48,10 +48,10 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from .apply import PlanMismatchError, weight_bytes
-from .apply import apply as apply_plan
-from .errors import FormatError
-from .plan import Plan, load_plan
+from ..errors import FormatError, PlanMismatchError
+from ..plan import Plan, load_plan
+from ..quant.apply import apply as apply_plan
+from ..quant.apply import weight_bytes
 
 __all__ = [
     "BackgroundServer",
@@ -194,15 +194,14 @@ class GenerateResponse(BaseModel):
 
 
 def _load_base(model, tokenizer, device) -> tuple[Any, Any, str]:
-    from .models import resolve
-    from .profiling import _load
+    from ..models import load_model, resolve
 
     name = model if isinstance(model, str) and model.startswith("example:") else None
     try:
         model = resolve(model)
     except ValueError as exc:  # an unknown example name
         raise ServeError(str(exc)) from None
-    m, tok, _, loaded_name = _load(model, device, tokenizer)
+    m, tok, _, loaded_name = load_model(model, device, tokenizer)
     if tok is None:
         raise ServeError(
             f"no tokenizer for {loaded_name!r}: pass tokenizer= (a model object needs one unless "
@@ -375,7 +374,7 @@ class PlanServer:
         if dup:
             raise ServeError(f"two plans share the name {dup[0]!r}; pass a dict to name them")
         if fp16 and items and FP16_PLAN not in names:
-            from .verify import uniform_plan
+            from ..verify import uniform_plan
 
             items.append((FP16_PLAN, uniform_plan(items[0][1], 16)))
         if not items:
@@ -759,7 +758,7 @@ def create_app(server: PlanServer):
 
 
 def _version() -> str:
-    from . import __version__
+    from .. import __version__
 
     return __version__
 
@@ -772,7 +771,7 @@ def _version() -> str:
 def bind_socket(host: str = "127.0.0.1", port: int = 8000) -> socket.socket:
     """A TCP socket bound to host:port and listening (port 0: a free port). Raises
     ServeError when the port is in use."""
-    from ._net import listen
+    from ..util.net import listen
 
     in_use = "{host}:{port} is already in use (another empas serve?); pick another --port"
     sock = listen(host, int(port), ServeError, in_use)
@@ -873,7 +872,7 @@ def run(
     """Loads the model and plans, then serves HTTP on host:port until interrupted
     (Ctrl-C). Returns 0 after a clean shutdown. Raises ServeError (bad setup, port
     in use) or the plan's error before binding anything."""
-    from .sizes import format_bytes
+    from ..util.sizes import format_bytes
 
     _logger(log_level)
     server = PlanServer(

@@ -1,4 +1,4 @@
-"""``python -m empas._memprobe CHECKPOINT [DEVICE]``: loads a packed checkpoint in
+"""``python -m empas.verify._memprobe CHECKPOINT [DEVICE]``: loads a packed checkpoint in
 this fresh process and prints, as one JSON line, the resident memory the load
 added (``rss_delta``, bytes), the bytes of the loaded tensors and, on CUDA, the
 GPU bytes allocated. Used by ``empas.verify(..., memory=True)``."""
@@ -26,7 +26,7 @@ def _warm_up(path: str) -> None:
     import torch
     import transformers
 
-    from empas.checkpoint import read_manifest
+    from empas.quant.checkpoint import read_manifest
 
     cls = getattr(transformers, read_manifest(path)["model_class"], None)
     if cls is None:
@@ -43,13 +43,13 @@ def _warm_up(path: str) -> None:
 
 def main(argv: list[str]) -> int:
     if not argv:
-        print("usage: python -m empas._memprobe CHECKPOINT [DEVICE]", file=sys.stderr)
+        print("usage: python -m empas.verify._memprobe CHECKPOINT [DEVICE]", file=sys.stderr)
         return 2
     import torch
     import transformers  # noqa: F401  (imported before the baseline RSS reading)
 
-    from empas.apply import weight_bytes
-    from empas.checkpoint import load_quantized
+    from empas.quant.apply import weight_bytes
+    from empas.quant.checkpoint import load_quantized
 
     device = argv[1] if len(argv) > 1 else "cpu"
     _warm_up(argv[0])

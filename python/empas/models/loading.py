@@ -1,0 +1,140 @@
+"""Loading a model (a local HuggingFace directory or a model object) and its
+identity: a cheap fingerprint of the weights and the context length."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from ..errors import ProfileError
+
+__all__ = ["context_length", "fingerprint", "load_model", "model_device", "require_torch"]
+
+
+def require_torch(what: str = "this") -> None:
+    """ImportError with the install command when torch or transformers is missing
+    (``what`` needs them: "profiling", ...)."""
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as exc:
+        raise ImportError(
+            f"{what} needs torch and transformers ({exc}); install them with "
+            "`pip install torch==2.13.0 transformers` (a CUDA build of torch for GPUs), then "
+            "rebuild EMPAS with `pip install --no-build-isolation .` so the ops match that torch"
+        ) from exc
+
+
+def load_model(model_or_path, device=None, tokenizer=None):
+    """``(model, tokenizer, owned, name)``: loads a local HuggingFace directory
+    (causal LM when its config says so, else the base model, e.g. an encoder) onto
+    ``device`` (default: CUDA when available), or takes a model object where it is
+    (``owned`` is False: it is left as it was). The tokenizer is loaded from the
+    directory when not given (None when it has none)."""
+    import torch
+
+    if isinstance(model_or_path, (str, os.PathLike)):
+        path = Path(model_or_path)
+        if not path.exists():
+            raise FileNotFoundError(
+                f"model path {str(path)!r} does not exist (EMPAS loads models from local "
+                "directories; no model hub is contacted)"
+            )
+        if not (path / "config.json").is_file():
+            raise ProfileError(f"{str(path)!r} holds no HuggingFace model (no config.json)")
+        from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+        cfg = AutoConfig.from_pretrained(path)
+        archs = list(getattr(cfg, "architectures", None) or [])
+        causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+        if causal or not archs:
+            try:
+                model = AutoModelForCausalLM.from_pretrained(path, dtype="auto")
+            except ValueError:  # no causal-LM class for this config
+                model = AutoModel.from_pretrained(path, dtype="auto")
+        else:  # an encoder (e.g. all-MiniLM: BertModel): no LM head to invent
+            model = AutoModel.from_pretrained(path, dtype="auto")
+        if tokenizer is None:
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(path)
+            except Exception:
+                tokenizer = None
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        model.to(device)
+        owned = True
+        name = str(path)
+    else:
+        model = model_or_path
+        if not hasattr(model, "named_modules"):
+            raise TypeError(
+                f"model_or_path must be a torch model or a path, got {type(model).__name__}"
+            )
+        owned = False
+        name = getattr(model, "name_or_path", None) or getattr(
+            getattr(model, "config", None), "_name_or_path", type(model).__name__
+        )
+        if tokenizer is None and name and Path(str(name)).is_dir():
+            try:
+                from transformers import AutoTokenizer
+
+                tokenizer = AutoTokenizer.from_pretrained(name)
+            except Exception:
+                tokenizer = None
+        if device is not None:
+            p = next(model.parameters())
+            if p.device != torch.device(device):
+                raise ValueError(
+                    f"the model is on {p.device} but device={device!r}; move it first (a model "
+                    "object is profiled where it is and left unchanged)"
+                )
+    return model, tokenizer, owned, str(name)
+
+
+def fingerprint(model) -> str:
+    """A cheap identity of the weights: names, shapes, dtypes and a strided sample."""
+    import torch
+
+    h = hashlib.sha256()
+    cfg = getattr(model, "config", None)
+    if cfg is not None and hasattr(cfg, "to_json_string"):
+        h.update(cfg.to_json_string(use_diff=False).encode())
+    with torch.no_grad():
+        for name, p in model.state_dict().items():
+            h.update(f"{name}:{tuple(p.shape)}:{p.dtype}".encode())
+            flat = p.detach().reshape(-1)
+            if flat.numel():
+                step = max(1, flat.numel() // 4096)
+                h.update(flat[::step].float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def context_length(model) -> int | None:
+    """The model's context (``max_position_embeddings`` or ``n_positions``), if it says."""
+    cfg = getattr(model, "config", None)
+    ctx = None
+    for attr in ("max_position_embeddings", "n_positions"):
+        ctx = ctx or getattr(cfg, attr, None)
+    return int(ctx) if ctx else None
+
+
+def default_seq_len(model, seq_len: int | None) -> int:
+    """``seq_len``, or min(256, the model's context); ValueError beyond the context."""
+    ctx = context_length(model)
+    if seq_len is None:
+        return min(256, ctx) if ctx else 256
+    if ctx and seq_len > ctx:
+        raise ValueError(f"seq_len={seq_len} exceeds the model's context of {ctx} tokens")
+    return seq_len
+
+
+def model_device(model):
+    """The device of the model's first parameter (or buffer); CPU for an empty model."""
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    import torch
+
+    return torch.device("cpu")

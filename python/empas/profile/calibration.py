@@ -1,0 +1,84 @@
+"""Calibration tokens: a seeded choice of non-overlapping windows of the
+calibration text (or of a token tensor), with the identity a profile records."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from ..models.text import encode_stream, texts_from
+
+__all__ = ["DEFAULT_SEQUENCES", "batches", "calibration_tokens"]
+
+DEFAULT_SEQUENCES = 32
+
+
+def calibration_tokens(calibration, tokenizer, seq_len, n_tokens, seed):
+    """``(windows [n_seq, seq_len], meta)``: ``n_tokens`` tokens (default: 32
+    sequences) of ``calibration`` (text or token ids) and its identity record."""
+    import torch
+
+    if isinstance(calibration, torch.Tensor):
+        ids = calibration
+        if ids.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"a calibration tensor holds token ids (int64), got {ids.dtype}")
+        if ids.dim() == 2:
+            if seq_len is not None and seq_len != ids.shape[1]:
+                raise ValueError(
+                    f"calibration tensor rows have {ids.shape[1]} tokens but seq_len={seq_len}"
+                )
+            seq_len = int(ids.shape[1])
+            windows = ids.long()
+            source = f"tensor {list(ids.shape)}"
+        elif ids.dim() == 1:
+            stream, source = ids.long(), f"tensor [{ids.numel()}]"
+            windows = None
+        else:
+            raise ValueError(f"a calibration tensor must be 1-D or 2-D, got {ids.dim()}-D")
+    else:
+        texts, source = texts_from(calibration)
+        if tokenizer is None:
+            raise ValueError("text calibration needs a tokenizer (tokenizer=...)")
+        stream, windows = encode_stream(texts, tokenizer), None
+    if windows is None:
+        if seq_len is None:
+            raise ValueError("seq_len is required")
+        w = stream.numel() // seq_len
+        if w == 0:
+            raise ValueError(
+                f"calibration has {stream.numel()} tokens, fewer than one sequence of "
+                f"seq_len={seq_len}; give more text or a smaller seq_len"
+            )
+        windows = stream[: w * seq_len].view(w, seq_len)
+    available = windows.shape[0]
+    if n_tokens is None:
+        n_seq = min(available, DEFAULT_SEQUENCES)
+    else:
+        n_seq = n_tokens // seq_len
+        if n_seq < 1:
+            raise ValueError(f"n_tokens={n_tokens} is less than one sequence (seq_len={seq_len})")
+        if n_seq > available:
+            raise ValueError(
+                f"calibration has {available * seq_len} tokens ({available} sequences of "
+                f"{seq_len}); n_tokens={n_tokens} asks for more"
+            )
+    if n_seq < available:  # a seeded choice of non-overlapping windows, in order
+        pick = np.sort(np.random.default_rng(seed).choice(available, n_seq, replace=False))
+        windows = windows[torch.as_tensor(pick)]
+    windows = windows.contiguous()
+    digest = hashlib.sha256(windows.numpy().astype(np.int64).tobytes()).hexdigest()[:16]
+    meta = {
+        "source": source,
+        "tokens": int(windows.numel()),
+        "seq_len": int(seq_len),
+        "n_sequences": int(windows.shape[0]),
+        "seed": int(seed),
+        "sha256": digest,
+    }
+    return windows, meta
+
+
+def batches(windows, batch_size, device):
+    """The windows in batches of ``batch_size`` rows, on ``device``."""
+    return [windows[i : i + batch_size].to(device) for i in range(0, windows.shape[0], batch_size)]

@@ -1,0 +1,109 @@
+"""Settings of one profiling run, validated once: :class:`ProfileConfig`."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from ..quant.config import QuantConfig
+
+__all__ = ["LOSSES", "UNIT_MODES", "ProfileConfig"]
+
+LOSSES = ("causal_lm", "kl", "embedding")
+UNIT_MODES = ("block", "sublayer", "linear")
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    """What :func:`empas.profile` measures and how (see it for the meanings).
+
+    ``choices`` is normalized: sorted, without repeats, with 16 (fp16) added.
+    ``quant`` is the :class:`~empas.QuantConfig` of ``group_size``, ``symmetric``
+    and ``clip_search``. Raises ValueError naming the bad setting."""
+
+    units: str | Mapping[str, str | Sequence[str]] = "block"
+    choices: Sequence[int] = (2, 3, 4, 8)
+    loss: str | Callable = "causal_lm"
+    n_tokens: int | None = None
+    seq_len: int | None = None
+    batch_size: int = 4
+    device: str | None = None
+    seed: int = 0
+    group_size: int = 128
+    symmetric: bool = True
+    clip_search: bool = False
+    embeddings: bool = False
+    head: bool = False
+    cache: bool = True
+    cache_device: str | None = None
+    quant: QuantConfig = field(init=False, repr=False, compare=False)  # from the three above
+
+    def __post_init__(self) -> None:
+        for name, v, lo in (("batch_size", self.batch_size, 1), ("seed", self.seed, 0)):
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:
+                raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+            object.__setattr__(self, name, int(v))
+        for name in ("n_tokens", "seq_len"):
+            v = getattr(self, name)
+            if v is not None:
+                if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 2:
+                    raise ValueError(f"{name} must be an integer >= 2, got {v!r}")
+                object.__setattr__(self, name, int(v))
+        if isinstance(self.units, str):
+            if self.units not in UNIT_MODES:
+                raise ValueError(
+                    f"units must be one of {UNIT_MODES} or a mapping of unit name -> module names "
+                    f"or regexes, got {self.units!r}"
+                )
+        elif not isinstance(self.units, Mapping):
+            raise ValueError(
+                f"units must be a string or a mapping, got {type(self.units).__name__}"
+            )
+        if not callable(self.loss) and self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES} or a callable, got {self.loss!r}")
+        object.__setattr__(self, "choices", _check_choices(self.choices, self.units == "block"))
+        object.__setattr__(
+            self, "quant", QuantConfig(self.group_size, self.symmetric, self.clip_search)
+        )
+        object.__setattr__(self, "group_size", self.quant.group_size)
+        object.__setattr__(self, "symmetric", self.quant.symmetric)
+        object.__setattr__(self, "clip_search", self.quant.clip_search)
+        for name in ("embeddings", "head", "cache"):
+            object.__setattr__(self, name, bool(getattr(self, name)))
+
+    @property
+    def loss_name(self) -> str:
+        """The loss as a name (a callable's ``__name__``)."""
+        if callable(self.loss):
+            return getattr(self.loss, "__name__", "callable")
+        return self.loss
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as plain values (a callable loss by its name)."""
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+        d["loss"] = self.loss_name
+        d["choices"] = list(self.choices)
+        if isinstance(self.units, Mapping):
+            d["units"] = {k: v if isinstance(v, str) else list(v) for k, v in self.units.items()}
+        return d
+
+
+def _check_choices(choices, units_kind_block: bool) -> tuple[int, ...]:
+    if isinstance(choices, (str, bytes)):
+        raise ValueError(f"choices must be a list of integer bit widths, got {choices!r}")
+    out = []
+    for b in choices:
+        if isinstance(b, bool) or not isinstance(b, numbers.Integral):
+            raise ValueError(f"choices must be integer bit widths, got {b!r}")
+        b = int(b)
+        if not (b in (0, 16) or 2 <= b <= 8):
+            raise ValueError(f"bit width {b} is not supported: use 2..8, 16 (fp16) or 0 (drop)")
+        if b == 0 and not units_kind_block:
+            raise ValueError('choice 0 (drop) applies to whole blocks: use units="block"')
+        if b not in out:
+            out.append(b)
+    if 16 not in out:
+        out.append(16)
+    return tuple(sorted(out))

@@ -1,0 +1,142 @@
+"""Cheap alternatives to measuring: the Fisher estimate of the Δloss table, and
+the rank correlation that tells how well one table orders the cells of another."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+
+import numpy as np
+
+from ..models.structure import distinct
+from ..quant.fake import fake_quant
+from ..util.settings import settle
+from ..util.stats import spearman
+from .config import ProfileConfig
+from .session import Session
+from .table import Profile
+
+__all__ = ["estimate_sensitivity", "rank_correlation"]
+
+
+def estimate_sensitivity(
+    model_or_path,
+    calibration,
+    units="block",
+    choices: Sequence[int] = (2, 3, 4, 8),
+    n_tokens: int | None = None,
+    seq_len: int | None = None,
+    batch_size: int = 4,
+    device: str | None = None,
+    seed: int = 0,
+    *,
+    config: ProfileConfig | None = None,
+    tokenizer=None,
+    group_size: int = 128,
+    symmetric: bool = True,
+    clip_search: bool = False,
+    embeddings: bool = False,
+    head: bool = False,
+) -> Profile:
+    """Estimates the Δloss table from one backward pass per calibration batch:
+    Δ(unit, b) ≈ ½ Σ F ⊙ (Q_b(W) − W)² with F the empirical Fisher diagonal
+    (squared gradients of the cross-entropy, averaged over batches), as HAWQ-style
+    and ModelOpt's sensitivity estimators do. Seconds instead of one forward per
+    (unit, choice); compare with :func:`rank_correlation`. Causal LMs only.
+    """
+    import torch
+
+    given = dict(locals())
+    given["choices"] = [b for b in choices if b != 0]  # nothing to estimate for a drop
+    cfg = settle(ProfileConfig, config, given)
+    cfg = replace(cfg, choices=[b for b in cfg.choices if b != 0], loss="causal_lm")
+    s = Session(model_or_path, calibration, cfg, tokenizer)
+    model = s.model
+    t0 = time.perf_counter()
+    weights = {}
+    for spec in s.specs:
+        for m in spec.members:
+            weights[m.weight.data_ptr()] = m
+    fisher = {k: torch.zeros_like(m.weight, dtype=torch.float32) for k, m in weights.items()}
+    was_training = model.training
+    model.eval()
+    req = {p: p.requires_grad for p in model.parameters()}
+    base_losses = []
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for m in weights.values():
+            m.weight.requires_grad_(True)
+        for ids in s.batches:
+            model.zero_grad(set_to_none=True)
+            with torch.enable_grad():
+                out = model(input_ids=ids, labels=ids, **({"use_cache": False}))
+                out.loss.backward()
+            base_losses.append(float(out.loss.detach()))
+            for k, m in weights.items():
+                if m.weight.grad is not None:
+                    fisher[k] += m.weight.grad.float() ** 2
+        for k in fisher:
+            fisher[k] /= len(s.batches)
+    finally:
+        model.zero_grad(set_to_none=True)
+        for p, r in req.items():
+            p.requires_grad_(r)
+        if was_training:
+            model.train()
+    delta = []
+    with torch.no_grad():
+        for spec in s.specs:
+            row = []
+            for bits in s.choices:
+                est = 0.0
+                for m in distinct(spec.members):
+                    w = m.weight.data
+                    f = fisher[w.data_ptr()]
+                    if bits == 16:
+                        q = w.to(torch.float16).to(w.dtype)
+                        err = (q.float() - w.float()) ** 2
+                    else:
+                        v = m.view2d()
+                        q = fake_quant(
+                            v,
+                            bits,
+                            group_size=s.qs.group_size,
+                            symmetric=s.qs.symmetric,
+                            clip_search=s.qs.clip_search,
+                        )
+                        err = (q.float() - v.float()) ** 2
+                        if m.kind == "conv1d":
+                            err = err.t()
+                    est += 0.5 * float((f * err).sum())
+                row.append(est)
+            delta.append(row)
+    timings = {"total_s": round(time.perf_counter() - t0, 4), "method": "fisher"}
+    return s.make_profile(
+        float(np.mean(base_losses)),
+        delta,
+        None,
+        "fisher_estimate",
+        timings,
+        {"estimator": "fisher"},
+    )
+
+
+def rank_correlation(a: Profile, b: Profile, bits: Sequence[int] | None = None) -> float:
+    """Spearman rank correlation between two profiles' Δ tables over the
+    (unit, choice) cells both hold (optionally only the given bit widths; the
+    16-bit and drop columns are left out by default)."""
+    if a.unit_names != b.unit_names:
+        raise ValueError("the two profiles have different units")
+    keep = [
+        c for c in a.choices if c in b.choices and (c not in (0, 16) if bits is None else c in bits)
+    ]
+    if not keep:
+        raise ValueError("the two profiles share no choices to compare")
+    xa = a.delta[:, [a.choices.index(c) for c in keep]].ravel()
+    xb = b.delta[:, [b.choices.index(c) for c in keep]].ravel()
+    ok = np.isfinite(xa) & np.isfinite(xb)
+    if ok.sum() < 3:
+        raise ValueError("fewer than 3 cells to correlate")
+    return spearman(xa[ok], xb[ok])

@@ -1,0 +1,312 @@
+"""Measuring a profile: :func:`profile` loads the model once, builds the units
+and the calibration batches (a :class:`Session`), then runs one experiment per
+(unit, choice) on the :class:`~empas.profile.runner.Runner`, restoring the
+weights bit-exactly after each, with a checkpoint to resume from."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import FormatError, ProfileError
+from ..models.loading import default_seq_len, fingerprint, load_model, require_torch
+from ..models.structure import distinct
+from ..quant.apply import Undo, quantize_members
+from ..util.progress import progress_bar
+from ..util.settings import settle
+from .calibration import batches, calibration_tokens
+from .checkpoint import ProfileCheckpoint
+from .config import ProfileConfig
+from .runner import Runner
+from .table import Profile
+from .units import UnitSpec, build_units, unsearched_bytes
+
+__all__ = ["Session", "profile"]
+
+
+class Session:
+    """Model, units and calibration batches of one profiling run (``config``),
+    shared by :func:`profile` and :func:`~empas.estimate_sensitivity`."""
+
+    def __init__(self, model_or_path, calibration, config: ProfileConfig, tokenizer=None):
+        require_torch("profiling")
+        import torch
+
+        self.config = config
+        self.loss = config.loss
+        self.loss_name = config.loss_name
+        self.choices = list(config.choices)
+        self.qs = config.quant
+        self.seed = config.seed
+        torch.manual_seed(self.seed)
+        self.model, tok, self.owned, self.name = load_model(model_or_path, config.device, tokenizer)
+        self.device = next(self.model.parameters()).device
+        self.specs, self.prefix, self.blocks = build_units(
+            self.model, config.units, config.embeddings, config.head
+        )
+        self.has_logits = hasattr(self.model, "get_output_embeddings") and (
+            self.model.get_output_embeddings() is not None
+        )
+        if self.loss_name in ("causal_lm", "kl") and not self.has_logits:
+            raise ValueError(
+                f"loss={self.loss_name!r} needs a model with an LM head (logits); "
+                f"{type(self.model).__name__} has none: use loss='embedding' for encoders"
+            )
+        seq_len = config.seq_len
+        if seq_len is not None or not isinstance(calibration, torch.Tensor):
+            seq_len = default_seq_len(self.model, seq_len)
+        windows, self.calib_meta = calibration_tokens(
+            calibration, tok, seq_len, config.n_tokens, config.seed
+        )
+        self.batches = batches(windows, config.batch_size, self.device)
+        self.model_meta = {
+            "name": self.name,
+            "class": type(self.model).__name__,
+            "fingerprint": fingerprint(self.model),
+            "dtype": str(next(self.model.parameters()).dtype).replace("torch.", ""),
+            "params": int(sum(p.numel() for p in self.model.parameters())),
+            "blocks": self.prefix,
+            "n_blocks": len(self.blocks),
+        }
+
+    # -- profile dictionary ------------------------------------------------------
+    def _units_json(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": s.name,
+                "kind": s.kind,
+                "modules": [m.name for m in s.members],
+                "params": s.params,
+                "shapes": [m.shape for m in distinct(s.members)],
+            }
+            for s in self.specs
+        ]
+
+    def make_profile(self, baseline, delta, stderr, loss_kind, timings, extra_source) -> Profile:
+        """The ``empas.sensitivity/1`` profile of measured (or estimated) tables."""
+        import torch
+
+        try:
+            import transformers
+
+            tv = transformers.__version__
+        except ImportError:  # pragma: no cover - a plain torch model
+            tv = None
+        doc = {
+            "format": "empas.sensitivity/1",
+            "model": self.model_meta,
+            "calibration": self.calib_meta,
+            "loss": {"kind": loss_kind, "baseline": float(baseline)},
+            "quantizer": self.qs.to_json(),
+            "choices": self.choices,
+            "units": self._units_json(),
+            "unsearched_bytes": unsearched_bytes(self.model, self.specs),
+            "delta": delta,
+            "stderr": stderr,
+            "timings": timings,
+            "source": {
+                "generator": "empas.profile",
+                "device": str(self.device),
+                "torch": torch.__version__,
+                "transformers": tv,
+                "clip_search": self.qs.clip_search,
+                "formats": self.qs.choice_formats(self.choices),
+                **extra_source,
+            },
+        }
+        return Profile.from_dict(doc, negative="keep")
+
+    def _key(self) -> dict[str, Any]:
+        return {
+            "model": self.model_meta["fingerprint"],
+            "calibration": self.calib_meta["sha256"],
+            "units": [s.name for s in self.specs],
+            "choices": self.choices,
+            "loss": self.loss_name,
+            "quantizer": self.qs.to_json(),
+            "clip_search": self.qs.clip_search,
+            "batches": [int(b.shape[0]) for b in self.batches],
+        }
+
+    # -- measurement ----------------------------------------------------------------
+    def _change(self, spec: UnitSpec, bits: int, runner: Runner) -> Undo:
+        """Sets the unit to ``bits`` (0: its block passes its input through);
+        returns what restores it exactly."""
+        undo = Undo()
+        if bits == 0:
+            blk = self.blocks[spec.block]
+            blk.forward = runner.drop_forward()
+
+            def undo_drop():
+                del blk.forward
+
+            undo.add(undo_drop)
+        else:
+            quantize_members(spec.members, bits, self.qs, undo)
+        return undo
+
+    def measure(self, checkpoint=None, on_stale: str = "error", progress: bool = True) -> Profile:
+        import torch
+
+        cfg = self.config
+        was_training = self.model.training
+        self.model.eval()
+        runner = Runner(
+            self.model,
+            self.blocks,
+            self.batches,
+            self.loss if callable(self.loss) else self.loss_name,
+            cfg.cache,
+            torch.device(cfg.cache_device) if cfg.cache_device else self.device,
+        )
+        ck = ProfileCheckpoint(checkpoint, self._key(), on_stale)
+        ck.load()
+        experiments = [
+            (u, c)
+            for u, spec in enumerate(self.specs)
+            for c, bits in enumerate(self.choices)
+            if not (bits == 0 and spec.block is None)
+        ]
+        todo = [
+            (u, c) for u, c in experiments if _ekey(self.specs[u], self.choices[c]) not in ck.done
+        ]
+        bar = progress_bar(
+            len(experiments),
+            "empas profile",
+            "exp",
+            enabled=progress,
+            initial=len(experiments) - len(todo),
+        )
+        t0 = time.perf_counter()
+        try:
+            base = runner.baseline()
+            t_base = time.perf_counter() - t0
+            if not np.all(np.isfinite(base)):
+                raise ProfileError(
+                    f"the baseline loss is not finite ({base.mean()}) on the calibration"
+                )
+            if "baseline" in ck.done and not np.allclose(
+                ck.done["baseline"], base, rtol=1e-5, atol=1e-6
+            ):
+                raise FormatError(
+                    f"checkpoint {checkpoint}: the baseline measured now differs from the one it "
+                    "holds (different weights, device or software?); delete it to start over"
+                )
+            ck.done["baseline"] = base.tolist()
+            times = []
+            for u, c in todo:
+                spec, bits = self.specs[u], self.choices[c]
+                te = time.perf_counter()
+                undo = self._change(spec, bits, runner)
+                try:
+                    losses = runner.run(spec.start)
+                finally:
+                    undo.restore()
+                if not np.all(np.isfinite(losses)):
+                    raise ProfileError(
+                        f"the loss is NaN or infinite with unit {spec.name!r} at {bits} bits"
+                    )
+                ck.done[_ekey(spec, bits)] = losses.tolist()
+                ck.save()
+                times.append(time.perf_counter() - te)
+                bar.set_postfix_str(f"{spec.name}@{bits}", refresh=False)
+                bar.update(1)
+        finally:
+            bar.close()
+            runner.cached.clear()
+            runner.reference.clear()
+            if was_training:
+                self.model.train()
+        if fingerprint(self.model) != self.model_meta["fingerprint"]:  # belt and braces
+            raise RuntimeError("EMPAS bug: the model's weights were not restored exactly")
+        total = time.perf_counter() - t0
+        delta, stderr = [], []
+        for spec in self.specs:
+            drow, srow = [], []
+            for bits in self.choices:
+                k = _ekey(spec, bits)
+                if k not in ck.done:
+                    drow.append(None)
+                    srow.append(None)
+                    continue
+                d = np.asarray(ck.done[k]) - base
+                drow.append(float(d.mean()))
+                srow.append(float(d.std(ddof=1) / math.sqrt(d.size)) if d.size > 1 else 0.0)
+            delta.append(drow)
+            stderr.append(srow)
+        timings = {
+            "baseline_s": round(t_base, 4),
+            "experiments": len(todo),
+            "resumed": len(experiments) - len(todo),
+            "experiments_s": round(total - t_base, 4),
+            "per_experiment_s": round(float(np.median(times)), 5) if times else None,
+            "total_s": round(total, 4),
+            "cache": bool(cfg.cache),
+        }
+        return self.make_profile(float(base.mean()), delta, stderr, self.loss_name, timings, {})
+
+
+def _ekey(spec: UnitSpec, bits: int) -> str:
+    return f"{spec.name}|{bits}"
+
+
+def profile(
+    model_or_path,
+    calibration,
+    units: str | Mapping[str, str | Sequence[str]] = "block",
+    choices: Sequence[int] = (2, 3, 4, 8),
+    loss: str | Callable = "causal_lm",
+    n_tokens: int | None = None,
+    seq_len: int | None = None,
+    batch_size: int = 4,
+    device: str | None = None,
+    seed: int = 0,
+    checkpoint: str | os.PathLike | None = None,
+    *,
+    config: ProfileConfig | None = None,
+    tokenizer=None,
+    group_size: int = 128,
+    symmetric: bool = True,
+    clip_search: bool = False,
+    embeddings: bool = False,
+    head: bool = False,
+    cache: bool = True,
+    cache_device: str | None = None,
+    on_stale: str = "error",
+    progress: bool = True,
+) -> Profile:
+    """Measures Δloss for every (unit, choice); returns an ``empas.sensitivity/1`` profile.
+
+    ``model_or_path``: a model object (profiled where it is and left exactly as it
+    was) or a local directory for ``from_pretrained``. ``calibration``: a text
+    file, a list of strings, a token tensor (1-D stream or [n_seq, seq_len]) or a
+    ``datasets.Dataset`` with a ``text`` column. ``units``: "block", "sublayer",
+    "linear", or ``{unit_name: module name or regex (or a list)}``;
+    ``embeddings=`` / ``head=`` add the input embedding / output head as units.
+    ``choices``: bits in 2..8, 0 = drop the block (units="block" only); 16 (fp16
+    storage) is always measured too. ``loss``: "causal_lm" (cross-entropy),
+    "kl" (to the unquantized model's next-token distribution), "embedding"
+    (1 - cosine of mean-pooled outputs; for encoders), or a callable
+    ``fn(output, input_ids) -> per-sequence losses`` (output: logits or last
+    hidden state). ``n_tokens``: calibration tokens (default: 32 sequences);
+    ``seq_len``: tokens per sequence (default: min(256, the model's context)).
+    ``checkpoint``: a JSON file updated after every experiment; a rerun with
+    the same arguments resumes from it; one written for another run is an error
+    (``on_stale="error"``) or discarded (``on_stale="restart"``). ``cache``: run
+    every experiment from its own block on cached block inputs (``cache_device``
+    holds them; default the model's device). ``config``: all these settings as one
+    :class:`~empas.ProfileConfig` instead of keywords.
+    """
+    given = dict(locals())
+    cfg = settle(ProfileConfig, config, given)
+    return Session(model_or_path, calibration, cfg, tokenizer).measure(
+        checkpoint=Path(checkpoint) if checkpoint is not None else None,
+        on_stale=on_stale,
+        progress=progress,
+    )
