@@ -1,8 +1,7 @@
 """Old import paths. EMPAS 0.1 kept every module side by side (``empas.profiling``,
 ``empas.sensitivity``, ``empas.apply``, ...); they now live in one folder per
 pipeline stage. Importing an old path still works: it gives a stand-in module whose
-public names come from the new places (with a DeprecationWarning naming them, once
-per module); a name that is not there any more is an ImportError that names the
+public names come from the new places (with a DeprecationWarning naming them); a name that is not there any more is an ImportError that names the
 new modules."""
 
 from __future__ import annotations
@@ -36,7 +35,6 @@ class MovedModule(types.ModuleType):
     def __init__(self, name: str, targets: tuple[str, ...]):
         super().__init__(name, f"moved to {', '.join(targets)}")
         self.__moved_to__ = targets
-        self.__warned = False
 
     def __getattr__(self, attr: str):
         if attr.startswith("__"):
@@ -46,13 +44,11 @@ class MovedModule(types.ModuleType):
             for t in targets:
                 mod = importlib.import_module(t)
                 if hasattr(mod, attr):
-                    if not self.__warned:
-                        self.__warned = True
-                        warnings.warn(
-                            f"{self.__name__} has moved: import {attr} from {t} (or from empas)",
-                            DeprecationWarning,
-                            stacklevel=2,
-                        )
+                    warnings.warn(
+                        f"{self.__name__} has moved: import {attr} from {t} (or from empas)",
+                        DeprecationWarning,
+                        stacklevel=2,
+                    )
                     return getattr(mod, attr)
         raise ImportError(
             f"{self.__name__}.{attr} is gone: {self.__name__} moved to {', '.join(targets)} "

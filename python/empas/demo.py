@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .util.io import atomic_write_text
 from .util.sizes import format_bytes
 
 __all__ = ["DemoResult", "run_demo"]
@@ -279,7 +280,7 @@ def run_demo(
     report["files"] = {k: str(v) for k, v in files.items()}
     write_json(rj, report)
     text = report_text(report)
-    empas._native.core().write_file_atomic(str(rm), "```\n" + text + "\n```\n")
+    atomic_write_text(rm, "```\n" + text + "\n```\n")
     return DemoResult(outp, prof, res, exact, rep, report, files)
 
 

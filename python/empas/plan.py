@@ -93,11 +93,20 @@ class Plan:
 
     @property
     def measured(self) -> dict[str, Any] | None:
+        """What verify measured (loss, ppl, bytes, ...), or None."""
         return self._data.get("measured")
+
+    @measured.setter
+    def measured(self, record: dict[str, Any] | None) -> None:
+        self._data["measured"] = None if record is None else dict(record)
 
     @property
     def provenance(self) -> dict[str, Any]:
         return dict(self._data.get("provenance") or {})
+
+    def set_provenance(self, key: str, value: Any) -> None:
+        """Records where the plan came from under ``provenance[key]`` (e.g. "search")."""
+        self._data.setdefault("provenance", {})[key] = value
 
     # -- output -------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

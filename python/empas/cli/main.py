@@ -93,6 +93,58 @@ def _sub(sub, name: str, help: str, parents) -> argparse.ArgumentParser:
     )
 
 
+def _model(p: argparse.ArgumentParser, positional: bool = True) -> None:
+    help = (
+        "a local HuggingFace model directory, or example:tiny-llama (the offline model EMPAS "
+        "trains once and caches)"
+    )
+    if positional:
+        p.add_argument("model", nargs="?", help=help)
+    else:
+        p.add_argument("--model", default="example:tiny-llama", help=help + " (default)")
+
+
+def _device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+
+
+def _quiet(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _plans(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument("--plans", nargs="+", default=[], help=help)
+
+
+def _profile_options(p: argparse.ArgumentParser, units: str, n_tokens: int | None) -> None:
+    """What ProfileConfig takes, as options (profile and demo)."""
+    p.add_argument("--units", default=units, choices=["block", "sublayer", "linear"])
+    _comma(p.add_argument("--bits", default="2,3,4,8", help="bit widths (0 = drop a block)"))
+    p.add_argument(
+        "--n-tokens",
+        type=int,
+        default=n_tokens,
+        help="calibration tokens" + ("" if n_tokens else " (default 32 sequences)"),
+    )
+    p.add_argument("--seq-len", type=int, help="tokens per sequence (default: the context)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _search_options(p: argparse.ArgumentParser) -> None:
+    """What SearchConfig takes that search and demo share."""
+    p.add_argument("--method", choices=["nsga2", "exact"], default="nsga2")
+    p.add_argument("--pop-size", type=int, default=100)
+    p.add_argument("--generations", type=int, default=50)
+    p.add_argument("--threads", type=int, help="search threads (default: all cores)")
+
+
+def _verify_options(p: argparse.ArgumentParser) -> None:
+    """What VerifyConfig takes that verify and demo share."""
+    _comma(p.add_argument("--baselines", default="16,8,4,3,2", help="uniform baselines (bits)"))
+    p.add_argument("--memory", action="store_true", help="measure loaded memory per plan")
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     p = argparse.ArgumentParser(
         prog="empas",
@@ -114,28 +166,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         parents,
     )
     d.add_argument("-o", "--out", default="out/demo", help="output directory (default out/demo)")
-    d.add_argument(
-        "--model",
-        default="example:tiny-llama",
-        help="a local HuggingFace model directory, or example:tiny-llama (default: the "
-        "offline model EMPAS trains once and caches)",
-    )
+    _model(d, positional=False)
     d.add_argument("--calib", help="calibration text file (default: the offline corpus)")
     d.add_argument("--eval", help="held-out text file (default: the offline corpus' eval pages)")
-    d.add_argument("--units", default="sublayer", choices=["block", "sublayer", "linear"])
-    _comma(d.add_argument("--bits", default="2,3,4,8", help="bit widths (0 = drop a block)"))
-    d.add_argument("--n-tokens", type=int, default=16384, help="calibration tokens")
-    d.add_argument("--seq-len", type=int, help="tokens per sequence (default: the context)")
-    d.add_argument("--batch-size", type=int, default=4)
-    d.add_argument("--method", choices=["nsga2", "exact"], default="nsga2")
-    d.add_argument("--pop-size", type=int, default=100)
-    d.add_argument("--generations", type=int, default=50)
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--threads", type=int, help="search threads (default: all cores)")
+    _profile_options(d, units="sublayer", n_tokens=16384)
+    _search_options(d)
     d.add_argument("--budget", help="memory budget, e.g. 7MB: its best plan is verified too")
-    _comma(d.add_argument("--baselines", default="16,8,4,3,2", help="uniform baselines (bits)"))
+    _verify_options(d)
     d.add_argument("--max-eval-tokens", type=int, default=16384, help="held-out tokens (0 = all)")
-    d.add_argument("--memory", action="store_true", help="measure loaded memory per plan")
     d.add_argument(
         "--export-plan",
         help="plan to export (default: best_under_budget with --budget, else balanced)",
@@ -148,8 +186,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         ),
         "str",
     )
-    d.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    d.add_argument("--quiet", action="store_true", help="no progress bars")
+    _device(d)
+    _quiet(d)
     d.add_argument("--force", action="store_true", help="replace the results of an earlier run")
 
     s = subs["search"] = _sub(
@@ -161,13 +199,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         help="empas.sensitivity/1 or original EMPAS JSON, or example:tinyllama",
     )
     s.add_argument("-o", "--out", help="output directory (required)")
-    s.add_argument("--method", choices=["nsga2", "exact"], default="nsga2")
+    _search_options(s)
+    s.add_argument("--seed", type=int, default=0)
     s.add_argument("--budget", help="memory budget for the model, e.g. 8GB, 1.5GiB, 700MB")
     s.add_argument("--max-avg-bits", type=float, help="budget on mean bits per weight")
-    s.add_argument("--pop-size", type=int, default=100)
-    s.add_argument("--generations", type=int, default=50)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--threads", type=int, help="worker threads (default: all cores)")
     s.add_argument("--latency", action="store_true", help="latency table as third objective")
     _comma(s.add_argument("--bits", help="allowed bit widths, comma-separated, e.g. 2,4,8"))
     s.add_argument("--pin", action="append", default=[], metavar="UNIT=BITS", help="fix a unit")
@@ -189,29 +224,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "measure the sensitivity profile of a model (Δloss per unit and precision)",
         parents,
     )
-    r.add_argument(
-        "model",
-        nargs="?",
-        help="a local HuggingFace model directory, or example:tiny-llama (the offline model "
-        "EMPAS trains and caches)",
-    )
+    _model(r)
     r.add_argument(
         "--calib",
         help="calibration text file (default for example:tiny-llama: the Python docs corpus)",
     )
     r.add_argument("-o", "--out", help="profile JSON to write (required)")
-    r.add_argument("--units", default="block", choices=["block", "sublayer", "linear"])
-    _comma(
-        r.add_argument(
-            "--bits", default="2,3,4,8", help="bit widths (0 = drop block), e.g. 0,2,4,8"
-        )
-    )
+    _profile_options(r, units="block", n_tokens=None)
     r.add_argument("--loss", default="causal_lm", choices=["causal_lm", "kl", "embedding"])
-    r.add_argument("--n-tokens", type=int, help="calibration tokens (default 32 sequences)")
-    r.add_argument("--seq-len", type=int, help="tokens per sequence")
-    r.add_argument("--batch-size", type=int, default=4)
-    r.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    r.add_argument("--seed", type=int, default=0)
+    _device(r)
     r.add_argument("--checkpoint", help="checkpoint file (resumes when it exists)")
     r.add_argument("--group-size", type=int, default=128, help="0 = per output channel")
     r.add_argument("--asymmetric", action="store_true", help="zero-point quantization")
@@ -225,7 +246,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         help="also the one-backward-pass Fisher estimate (OUT.fisher.json) and its rank "
         "correlation with the measured table",
     )
-    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    _quiet(r)
     r.add_argument(
         "--force",
         action="store_true",
@@ -238,30 +259,22 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "measure plans and uniform baselines on the real model (held-out text)",
         parents,
     )
-    v.add_argument(
-        "model", nargs="?", help="a local HuggingFace model directory, or example:tiny-llama"
-    )
-    v.add_argument(
-        "--plans",
-        nargs="+",
-        default=[],
-        help="plan files, or directories of plan files (e.g. a search's OUT/plans)",
-    )
+    _model(v)
+    _plans(v, "plan files, or directories of plan files (e.g. a search's OUT/plans)")
     v.add_argument("--profile", help="the profile the plans came from (predicted deltas)")
     v.add_argument(
         "--eval", help="held-out text file (default for example:tiny-llama: its eval split)"
     )
     v.add_argument("-o", "--out", help="report JSON to write (required)")
     v.add_argument("--mode", choices=["packed", "fake"], default="packed")
-    _comma(v.add_argument("--baselines", default="16,8,4,3,2", help="uniform baselines (bits)"))
+    _verify_options(v)
     v.add_argument(
         "--seq-len", type=int, help="window length (default: min(256, the model's context))"
     )
     v.add_argument("--stride", type=int, help="sliding-window stride (default: seq-len / 2)")
     v.add_argument("--max-tokens", type=int, help="cap on evaluation tokens")
     v.add_argument("--batch-size", type=int, default=8)
-    v.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    v.add_argument("--memory", action="store_true", help="measure loaded memory per plan")
+    _device(v)
     v.add_argument(
         "--fidelity", type=int, default=0, metavar="N", help="also measure N random plans"
     )
@@ -272,7 +285,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         help="skip best_under_int4 (the best plan of the profile's exact front within the "
         "bytes of uniform int4, measured against it)",
     )
-    v.add_argument("--quiet", action="store_true", help="no progress bars")
+    _quiet(v)
     v.add_argument("--force", action="store_true", help="overwrite the output files")
 
     e = subs["export"] = _sub(
@@ -314,15 +327,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "GET /health, /docs",
         parents,
     )
-    sv.add_argument(
-        "model", nargs="?", help="a local HuggingFace model directory, or example:tiny-llama"
-    )
-    sv.add_argument(
-        "--plans",
-        nargs="+",
-        default=[],
-        help="plan files or directories of them (e.g. out/demo/plans); each is held packed",
-    )
+    _model(sv)
+    _plans(sv, "plan files or directories of them (e.g. out/demo/plans); each is held packed")
     sv.add_argument("--report", help="an empas verify report: measured metrics for GET /plans")
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
     sv.add_argument("--port", type=int, default=8000)
@@ -335,7 +341,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     sv.add_argument(
         "--max-queue", type=int, default=8, help="requests waiting beyond that (then 429)"
     )
-    sv.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    _device(sv)
     sv.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )

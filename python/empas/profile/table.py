@@ -177,9 +177,13 @@ class Profile:
 
     def plan(self, bits: Plan | dict[str, int] | list[int], archetype: str | None = None) -> Plan:
         """A plan from bits (profile order) or a {unit: bits} map, with predicted metrics."""
-        return self._make_plan(self.problem(), self.genome(bits), archetype)
+        return self.plan_from_genome(self.problem(), self.genome(bits), archetype)
 
-    def _make_plan(self, problem: Any, genome: np.ndarray, archetype: str | None = None) -> Plan:
+    def plan_from_genome(
+        self, problem: Any, genome: np.ndarray, archetype: str | None = None
+    ) -> Plan:
+        """The plan of ``genome`` (choice index per unit) with the proxy's predictions
+        under ``problem`` (:meth:`problem`)."""
         plan = Plan(json.loads(self._p.make_plan(problem, genome, self.fingerprint)))
         plan.archetype = archetype
         return plan

@@ -98,8 +98,8 @@ class Front(Sequence):
 
 def _plan_maker(profile: Profile, problem: Any, provenance: dict):
     def make(i: int, genome: np.ndarray) -> Plan:
-        plan = profile._make_plan(problem, genome)
-        plan._data["provenance"]["search"] = provenance
+        plan = profile.plan_from_genome(problem, genome)
+        plan.set_provenance("search", provenance)
         return plan
 
     return make
@@ -192,6 +192,11 @@ class SearchResult:
         """The searched profile's model name."""
         return str(self.source.get("model") or "")
 
+    def profile_mismatch(self, profile: Profile) -> str | None:
+        """None if ``profile`` is this result's profile (the same units and, where the
+        result records one, fingerprint), else why not."""
+        return _mismatch(profile, {"units": self.unit_names, "profile": self.source})
+
     @staticmethod
     def _points(front: Front) -> np.ndarray:
         return np.column_stack([front.loss, front.bytes.astype(float)])
@@ -244,7 +249,11 @@ class SearchResult:
         else:
             col = {b: j for j, b in enumerate(r["choices"])}
             genomes = np.array([[col[b] for b in row] for row in f["bits"]], dtype=np.int64)
-            template = next(iter(r["plans"].values()))
+            template = next(iter(r["plans"].values()), None) or {
+                "format": "empas.plan/1",  # no archetype plan stored: the units only
+                "model": {"name": r["profile"].get("model") or ""},
+                "units": [{"name": n, "bits": 0} for n in r["units"]],
+            }
             maker = _stored_plan_maker(f, template, prov)
             choice_bits = r["choices"]
         genomes = genomes.reshape(len(f["loss"]), len(r["units"]))

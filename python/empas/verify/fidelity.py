@@ -343,5 +343,5 @@ def refine(
 def _pick(plan: Plan, row: dict, name: str, v: Verifier) -> Plan:
     p = Plan.from_dict(plan.to_dict())
     p.archetype = name
-    p._data["measured"] = v.measured_record(row)
+    p.measured = v.measured_record(row)
     return p

@@ -121,7 +121,7 @@ def verify(
         for name, kind, p in todo:
             m = v.measure(p)
             rows.append(v.row(name, kind, p, m))
-            p._data["measured"] = v.measured_record(m)
+            p.measured = v.measured_record(m)
             plans_out[name] = p
             bar.update(1)
     finally:
