@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 
@@ -25,29 +26,27 @@ def estimate_sensitivity(
     calibration,
     units="block",
     choices: Sequence[int] = (2, 3, 4, 8),
-    n_tokens: int | None = None,
-    seq_len: int | None = None,
-    batch_size: int = 4,
-    device: str | None = None,
-    seed: int = 0,
     *,
     config: ProfileConfig | None = None,
     tokenizer=None,
-    group_size: int = 128,
-    symmetric: bool = True,
-    clip_search: bool = False,
-    embeddings: bool = False,
-    head: bool = False,
+    **settings: Any,
 ) -> Profile:
     """Estimates the Δloss table from one backward pass per calibration batch:
     Δ(unit, b) ≈ ½ Σ F ⊙ (Q_b(W) − W)² with F the empirical Fisher diagonal
     (squared gradients of the cross-entropy, averaged over batches), as HAWQ-style
     and ModelOpt's sensitivity estimators do. Seconds instead of one forward per
     (unit, choice); compare with :func:`rank_correlation`. Causal LMs only.
+    The settings are :func:`empas.profile`'s: ``config=`` (a ProfileConfig) or
+    keywords (``settings``: n_tokens, seq_len, batch_size, device, seed, group_size,
+    symmetric, clip_search, embeddings, head); the loss is always causal_lm and
+    choice 0 (drop) is left out.
     """
     import torch
 
-    given = dict(locals())
+    unknown = sorted(set(settings) - set(ProfileConfig.__dataclass_fields__) - {"quant"})
+    if unknown:
+        raise TypeError(f"estimate_sensitivity() got unexpected settings: {', '.join(unknown)}")
+    given = {**settings, "units": units}
     given["choices"] = [b for b in choices if b != 0]  # nothing to estimate for a drop
     cfg = settle(ProfileConfig, config, given)
     cfg = replace(cfg, choices=[b for b in cfg.choices if b != 0], loss="causal_lm")
