@@ -24,7 +24,7 @@ from __future__ import annotations
 import sys
 
 from . import _compat, export, models
-from ._native import build_info
+from ._native import build_info, version
 from .errors import (
     CheckpointError,
     EmpasError,
@@ -65,17 +65,7 @@ _compat.install()
 sys.modules.setdefault(__name__ + ".packing", packing)  # empas.packing: a public attribute
 
 
-def _version() -> str:
-    """The installed distribution's version (pyproject.toml is the one place it is written)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("empas")
-    except PackageNotFoundError:  # a source tree on sys.path, not installed
-        return "0+unknown"
-
-
-__version__ = _version()
+__version__ = version()
 
 __all__ = [
     "CheckpointError",

@@ -103,6 +103,18 @@ def _ops_torch_version() -> str | None:
         return None
 
 
+def version() -> str:
+    """EMPAS's version: the installed distribution's (pyproject.toml is the one place
+    it is written; the C++ side reads the same file)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("empas")
+    except PackageNotFoundError:  # a source tree on sys.path, not installed
+        return "0+unknown"
+
+
 def build_info() -> dict:
     """What the native build contains: version, OpenMP, threads, and the torch
     ops: ``torch_ops`` (the ops library is built and present), ``cuda`` (CUDA

@@ -115,7 +115,7 @@ def save_quantized(
 def _write(model, plan, path: Path, tokenizer, clip_search: bool) -> Path:
     from safetensors.torch import save_file
 
-    from .. import __version__
+    from .._native import version
 
     tensors, aliases = _state(model)
     mods, dropped = _manifest_modules(model)
@@ -137,7 +137,7 @@ def _write(model, plan, path: Path, tokenizer, clip_search: bool) -> Path:
         data = plan.to_dict()
         manifest = {
             "format": FORMAT,
-            "empas_version": __version__,
+            "empas_version": version(),
             "model_class": type(model).__name__,
             "plan": data,
             "clip_search": bool(clip_search),
