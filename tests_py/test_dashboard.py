@@ -288,6 +288,111 @@ def test_no_profile_falls_back(results_dir, tmp_path):
     assert D.plan_view(r, "front:0").pred_delta is None
 
 
+def test_result_whose_profile_is_not_found_still_works(results_dir, tmp_path):
+    """The recorded profile is gone and the profile.json beside result.json is another
+    model's: that is said; the plans are the result's own (stored predictions) and the
+    baseline comes from verify.json's meta."""
+    out, prof, res = results_dir
+    doc = json.loads(res.to_json())
+    doc["profile"]["path"] = str(tmp_path / "gone.json")
+    (tmp_path / "result.json").write_text(json.dumps(doc))
+    empas.synthetic_profile(n_units=22).save(tmp_path / "profile.json")
+    (tmp_path / "verify.json").write_text((out / "verify.json").read_text())
+    r = load_results(tmp_path)
+    assert r.search.profile is None and r.profile_path is None
+    skipped = f"{tmp_path / 'profile.json'}: skipped, not this result's profile (unit 0 is"
+    assert [w for w in r.warnings if w.startswith(skipped)], r.warnings
+    assert r.baseline == pytest.approx(prof.baseline)
+    assert r.baseline_source == "verify.json meta.profile_baseline"
+    assert r.unit_info["kind"].isna().all()
+    assert r.unit_info["params"].tolist() == [u.params for u in prof.units]
+    for name, plan in res.archetypes.items():
+        assert empas.Plan.from_json(D.plan_json(r, f"archetype:{name}")) == plan
+    for i in (0, 7, len(res.front) - 1):
+        p = empas.Plan.from_json(D.plan_json(r, f"front:{i}"))
+        assert p.bits == res.front.bits(i) and p.archetype is None
+        assert p.predicted == pytest.approx(res.front[i].predicted, rel=1e-12)
+    bits = [2 if u % 2 else 16 for u in range(prof.n_units)]
+    p = empas.Plan.from_json(D.plan_json(r, "verify:random-0"))  # off the front
+    assert p.bits == bits and p.predicted == pytest.approx(prof.plan(bits).predicted)
+    assert p.measured["loss"] == pytest.approx(r.verify.set_index("name").loc["random-0", "loss"])
+
+
+def test_result_without_archetypes_or_profile(results_dir, tmp_path):
+    """A result.json that stores no archetype plan, read without its profile: the
+    front's plans are its units with the stored bits and predictions."""
+    _, _, res = results_dir
+    doc = json.loads(res.to_json())
+    doc["profile"]["path"] = str(tmp_path / "gone.json")
+    doc["archetypes"] = {}
+    (tmp_path / "result.json").write_text(json.dumps(doc))
+    r = load_results(tmp_path)
+    assert r.archetypes == {} and r.archetype_plans == {} and r.search.profile is None
+    assert not [k for k in D.plan_options(r) if k.startswith("archetype:")]
+    p = empas.Plan.from_json(D.plan_json(r, "front:3"))
+    assert p.unit_names == res.front[3].unit_names and p.bits == res.front.bits(3)
+    assert p.predicted_bytes == res.front[3].predicted_bytes
+    assert p.predicted_loss == pytest.approx(res.front[3].predicted_loss, rel=1e-12)
+    assert D.best_under(r, int(res.front.bytes[3])) == 3
+
+
+def test_explicit_profile(results_dir, tmp_path):
+    out, prof, res = results_dir
+    for spec in (str(out / "profile.json"), "example:tinyllama"):
+        r = load_results(out, profile=spec)
+        assert r.profile_path == spec and r.baseline_source == f"profile {spec}"
+        assert r.search.profile.fingerprint == prof.fingerprint and r.warnings == []
+        assert empas.Plan.from_json(D.plan_json(r, "front:5")) == res.front[5]
+    with pytest.raises(DashboardError, match="profile file not found: .*nope.json"):
+        load_results(out, profile=tmp_path / "nope.json")
+    # a malformed result.json is reported as such, not as a profile that does not match
+    (tmp_path / "result.json").write_text(json.dumps({"format": "empas.search/1"}))
+    with pytest.raises(DashboardError, match=r"result\.json: 'units' must be a non-empty list"):
+        load_results(tmp_path, profile=out / "profile.json")
+
+
+def test_malformed_archetype_plan_names_the_file(results_dir, tmp_path):
+    _, _, res = results_dir
+    doc = json.loads(res.to_json())
+    doc["archetypes"]["balanced"]["plan"]["units"][0]["bits"] = "x"
+    (tmp_path / "result.json").write_text(json.dumps(doc))
+    with pytest.raises(DashboardError) as ei:
+        load_results(tmp_path)
+    msg = str(ei.value)
+    assert msg.startswith(f"{tmp_path / 'result.json'}: ") and "bits" in msg, msg
+
+
+def _row(doc: dict, name: str) -> dict:
+    return next(r for r in doc["rows"] if r["name"] == name)
+
+
+def _float_bits(d: dict) -> None:
+    row = _row(d, "balanced")
+    row["bits"] = [float(b) for b in row["bits"]]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: _row(d, "uniform-int8").update(loss="x"), "row 'uniform-int8' has no numeric"),
+        (_float_bits, "row 'balanced': 'bits' must be a list of integers"),
+        (lambda d: d["rows"].append({"loss": 1.0}), "must be an object with a 'name'"),
+        (lambda d: d.update(rows=[]), "'rows' must be a non-empty list"),
+        (lambda d: d.update(format="empas.plan/1"), "not an EMPAS verify report"),
+    ],
+    ids=["loss", "bits", "name", "rows", "format"],
+)
+def test_malformed_verify_names_the_file(results_dir, tmp_path, change, message):
+    out = results_dir[0]
+    doc = json.loads((out / "verify.json").read_text())
+    change(doc)
+    f = tmp_path / "verify.json"
+    f.write_text(json.dumps(doc))
+    with pytest.raises(DashboardError) as ei:
+        load_results(out, f)
+    assert str(ei.value).startswith(f"{f}: ") and message in str(ei.value), str(ei.value)
+
+
 def _bad_inputs(base: Path, out: Path, prof: empas.Profile) -> dict:
     """name -> (results, verify, expected message fragment)."""
     (base / "empty").mkdir()

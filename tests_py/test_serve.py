@@ -262,6 +262,36 @@ def test_bad_setups(tiny_model_path, plans, tmp_path):
         PlanServer(tiny_model_path, {"sizes": d})
 
 
+def test_report_file_or_verify_report(tiny_model_path, plans, report_doc, tmp_path):
+    """The report is read by VerifyReport: a file or a VerifyReport gives the rows of
+    the dict; a bad file is a ServeError naming the file and the field."""
+    from empas.verify import VerifyReport
+
+    f = tmp_path / "verify.json"
+    f.write_text(json.dumps(report_doc))
+    for report in (f, VerifyReport.load(f)):
+        s = PlanServer(tiny_model_path, plans[:1], report=report, fp16=False)
+        info = {i["name"]: i for i in s.plans_info()}
+        assert info["uniform-int8"]["measured"] == {
+            "loss": 3.1,
+            "ppl": 22.2,
+            "delta": 0.01,
+            "bytes": 123,
+        }
+    bad = copy.deepcopy(report_doc)
+    bad["rows"][1]["loss"] = None
+    f.write_text(json.dumps(bad))
+    for report in (f, bad):
+        where = re.escape(str(f)) if report is f else "the report"
+        with pytest.raises(ServeError, match=f"^{where}: row 'uniform-fp16' has no numeric 'loss'"):
+            PlanServer(tiny_model_path, plans[:1], report=report)
+    f.write_text("{")
+    with pytest.raises(ServeError, match=f"^{re.escape(str(f))}: malformed JSON in verify report"):
+        PlanServer(tiny_model_path, plans[:1], report=f)
+    with pytest.raises(ServeError, match="verify report not found: .*absent.json"):
+        PlanServer(tiny_model_path, plans[:1], report=tmp_path / "absent.json")
+
+
 def test_plan_files_and_directories(tiny_model_path, plans, tmp_path):
     plans[0].save(tmp_path / "plans" / "a.json")
     p = plans[2].to_dict()

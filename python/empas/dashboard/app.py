@@ -72,7 +72,9 @@ def _defaults() -> dict[str, str]:
     return {k: cli[k] or os.environ.get(ENV[k], "") for k in ENV}
 
 
-@st.cache_data(show_spinner=False, max_entries=8)
+# cache_resource, not cache_data: Results holds the loaded SearchResult (its profile and
+# plan builder do not pickle); the app only reads it
+@st.cache_resource(show_spinner=False, max_entries=8)
 def _load(results: str, verify: str, profile: str, stamp: tuple) -> D.Results:
     del stamp  # only the cache key
     return D.load_results(results, verify or None, profile or None)

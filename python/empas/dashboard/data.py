@@ -1,8 +1,11 @@
 """Data layer of the EMPAS dashboard: reads a results directory into tables.
 
-Pure functions over files written by EMPAS (``empas.search/1`` result.json,
-``empas.plan/1`` plans, ``empas.verify/1`` verify.json, ``empas.sensitivity/1``
-profile.json); nothing here imports streamlit, so it can be unit-tested and reused.
+The files are read by their own classes: result.json (``empas.search/1``) by
+:meth:`empas.search.SearchResult.load`, which also finds its profile
+(``empas.sensitivity/1``), and verify.json (``empas.verify/1``) by
+:meth:`empas.verify.VerifyReport.load`; this module checks that they belong
+together and turns them into tables. Nothing here imports streamlit, so it can be
+unit-tested and reused.
 
 Scales: a search predicts the loss on the *calibration* text (profile baseline +
 Σ Δ), ``verify`` measures the loss on *held-out* text. The two losses are not
@@ -13,8 +16,6 @@ Every overlay here uses Δloss.
 
 from __future__ import annotations
 
-import copy
-import json
 import math
 import os
 import re
@@ -25,9 +26,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..plan import Plan
+from ..profile.table import load_profile
+from ..search.result import SearchResult, profile_candidates
+from ..verify.report import VerifyReport
+
 MIB = 2**20
-SEARCH_FORMAT = "empas.search/1"
-VERIFY_FORMAT = "empas.verify/1"
 
 
 class DashboardError(ValueError):
@@ -59,7 +63,8 @@ class Results:
     (``name, kind, loss, ppl, bytes, delta, pred_loss, pred_bytes, pred_delta,
     error, avg_bits, bits, rss_mb, front_index, x_bytes, x_mib``) or None.
     ``baseline``: the profile's calibration loss (None when no profile or verify
-    meta gives it; predicted Δloss is then unavailable)."""
+    meta gives it; predicted Δloss is then unavailable). ``search`` and ``report``:
+    the loaded :class:`SearchResult` and :class:`VerifyReport` (or None)."""
 
     result_path: Path
     root: Path
@@ -81,6 +86,8 @@ class Results:
     verify_path: Path | None = None
     profile_path: str | None = None
     warnings: list[str] = field(default_factory=list)
+    search: SearchResult | None = None
+    report: VerifyReport | None = None
 
     @property
     def has_delta(self) -> bool:
@@ -93,23 +100,8 @@ class Results:
 
 
 # ----------------------------------------------------------------------------
-# locating and reading files
+# locating files
 # ----------------------------------------------------------------------------
-
-
-def _read_json(path: Path, what: str) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DashboardError(f"{what} not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DashboardError(f"{path}: cannot read {what}: {exc}") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DashboardError(
-            f"{path}: malformed JSON in {what} ({exc.msg} at line {exc.lineno}, column {exc.colno})"
-        ) from None
 
 
 def locate(results: str | os.PathLike) -> tuple[Path, Path]:
@@ -167,11 +159,6 @@ def input_stamp(
     return tuple(stamp)
 
 
-# ----------------------------------------------------------------------------
-# result.json
-# ----------------------------------------------------------------------------
-
-
 def _num(v: Any) -> float:
     """A float (NaN for None / non-numbers)."""
     if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -184,133 +171,78 @@ def _opt(v: Any) -> float | None:
     return None if math.isnan(x) else x
 
 
-def _int_list(v: Any) -> list[int] | None:
-    if not isinstance(v, list) or not all(
-        isinstance(b, int) and not isinstance(b, bool) for b in v
-    ):
-        return None
-    return [int(b) for b in v]
-
-
-def _parse_result(path: Path, doc: Any) -> dict[str, Any]:
-    if not isinstance(doc, dict):
-        raise DashboardError(f"{path}: expected a JSON object ({SEARCH_FORMAT})")
-    fmt = doc.get("format")
-    if fmt != SEARCH_FORMAT:
-        raise DashboardError(
-            f"{path}: not an EMPAS search result (format {fmt!r}, expected {SEARCH_FORMAT!r})"
-        )
-    units = doc.get("units")
-    if not isinstance(units, list) or not units or not all(isinstance(u, str) for u in units):
-        raise DashboardError(f"{path}: 'units' must be a non-empty list of unit names")
-    front = doc.get("front")
-    if not isinstance(front, dict):
-        raise DashboardError(f"{path}: 'front' must be an object with loss/bytes/avg_bits/bits")
-    cols = {}
-    for k in ("loss", "bytes", "avg_bits", "bits"):
-        v = front.get(k)
-        if not isinstance(v, list):
-            raise DashboardError(f"{path}: front.{k} must be a list")
-        cols[k] = v
-    n = len(cols["loss"])
-    if any(len(v) != n for v in cols.values()):
-        lens = {k: len(v) for k, v in cols.items()}
-        raise DashboardError(f"{path}: front lists differ in length: {lens}")
-    if n == 0:
-        raise DashboardError(f"{path}: the front is empty (the search found no feasible plan)")
-    bits = []
-    for i, b in enumerate(cols["bits"]):
-        bl = _int_list(b)
-        if bl is None or len(bl) != len(units):
-            raise DashboardError(
-                f"{path}: front.bits[{i}] must list {len(units)} integer bit widths (one per unit)"
-            )
-        bits.append(bl)
-    for k in ("loss", "bytes"):
-        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in cols[k]):
-            raise DashboardError(f"{path}: front.{k} must hold numbers")
-    arch_doc = doc.get("archetypes") or {}
-    if not isinstance(arch_doc, dict):
-        raise DashboardError(f"{path}: 'archetypes' must be an object")
-    archetypes: dict[str, int] = {}
-    plans: dict[str, dict[str, Any]] = {}
-    for name, a in arch_doc.items():
-        idx = a.get("index") if isinstance(a, dict) else None
-        if isinstance(idx, bool) or not isinstance(idx, int) or not 0 <= idx < n:
-            raise DashboardError(f"{path}: archetypes.{name}.index must be a front index < {n}")
-        plan = a.get("plan")
-        if not isinstance(plan, dict) or not isinstance(plan.get("units"), list):
-            raise DashboardError(f"{path}: archetypes.{name}.plan must be an empas.plan/1 object")
-        if [u.get("name") if isinstance(u, dict) else None for u in plan["units"]] != units:
-            raise DashboardError(f"{path}: archetypes.{name}.plan does not list the result's units")
-        archetypes[str(name)] = idx
-        plans[str(name)] = plan
-    prof = doc.get("profile") if isinstance(doc.get("profile"), dict) else {}
-    cfg = doc.get("config") if isinstance(doc.get("config"), dict) else {}
-    choices = _int_list(doc.get("choices")) or sorted({b for row in bits for b in row})
-    return {
-        "units": units,
-        "choices": choices,
-        "loss": [_num(x) for x in cols["loss"]],
-        "bytes": [int(x) for x in cols["bytes"]],
-        "avg_bits": [_num(x) for x in cols["avg_bits"]],
-        "bits": bits,
-        "archetypes": archetypes,
-        "plans": plans,
-        "profile": prof,
-        "method": str(cfg.get("method") or "?"),
-        "exact": bool(doc.get("exact")),
-        "hypervolume": _opt(doc.get("hypervolume")),
-    }
+def _read(load, path: Path, *args):
+    """``load(path, *args)``, its errors as DashboardError naming ``path``."""
+    try:
+        return load(path, *args)
+    except (ValueError, OSError) as exc:
+        msg = str(exc)
+        raise DashboardError(msg if str(path) in msg else f"{path}: {msg}") from None
 
 
 # ----------------------------------------------------------------------------
-# the profile (baseline, unit kinds)
+# result.json and its profile
 # ----------------------------------------------------------------------------
 
 
-def _load_profile(spec: str):
-    import empas
-
-    return empas.load_profile(spec)
-
-
-def _profile_specs(r: dict[str, Any], result_path: Path, base: Path) -> list[str]:
-    specs = [str(c) for c in _candidates(result_path, base, "profile.json") if c.is_file()]
-    ref = r["profile"].get("path")
-    if isinstance(ref, str) and ref:
-        if ref.startswith("example:"):
-            specs.append(ref)
-        else:
-            for d in (Path.cwd(), base, result_path.parent):
-                c = Path(ref) if Path(ref).is_absolute() else d / ref
-                if c.is_file():
-                    specs.append(str(c))
-                    break
-    out: list[str] = []
-    for s in specs:
-        key = s if s.startswith("example:") else str(Path(s).resolve())
-        if key not in [x if x.startswith("example:") else str(Path(x).resolve()) for x in out]:
-            out.append(s)
-    return out
-
-
-def _match_profile(prof, r: dict[str, Any]) -> str | None:
-    """None if ``prof`` is the result's profile, else why not."""
-    if prof.n_units != len(r["units"]):
-        return f"it has {prof.n_units} units, the result {len(r['units'])}"
-    if prof.unit_names != r["units"]:
-        bad = next(i for i, (a, b) in enumerate(zip(prof.unit_names, r["units"])) if a != b)
-        return f"unit {bad} is {prof.unit_names[bad]!r} there, {r['units'][bad]!r} in the result"
-    fp = r["profile"].get("fingerprint")
-    if fp and prof.fingerprint != fp:
-        return f"fingerprint {prof.fingerprint} differs from the result's {fp}"
-    return None
+def _load_search(
+    result_path: Path, profile: str | os.PathLike | None, warnings: list[str]
+) -> SearchResult:
+    """The search result with its profile: ``profile`` (which must match), else the one
+    :meth:`SearchResult.load` finds; a warning for each candidate it had to skip."""
+    if profile is None or not str(profile).strip():
+        sr = _read(SearchResult.load, result_path)
+        if sr.profile is None:
+            for spec in profile_candidates(result_path, sr.source):
+                try:
+                    why = sr.profile_mismatch(load_profile(spec))
+                except (ValueError, OSError) as exc:
+                    warnings.append(f"{spec}: skipped, cannot load the profile ({exc})")
+                    continue
+                warnings.append(f"{spec}: skipped, not this result's profile ({why})")
+        return sr
+    spec = str(profile).strip()
+    if not spec.startswith("example:") and not Path(spec).is_file():
+        raise DashboardError(f"profile file not found: {spec}")
+    try:
+        prof = load_profile(spec)
+    except (ValueError, OSError) as exc:
+        raise DashboardError(f"{spec}: cannot load the profile: {exc}") from None
+    try:
+        return SearchResult.load(result_path, prof)
+    except (ValueError, OSError):
+        pass  # the file, or the profile: the file's own errors come first
+    why = _read(SearchResult.load, result_path).profile_mismatch(prof)
+    if why:
+        raise DashboardError(f"{spec}: not the profile of {result_path}: {why}")
+    return _read(SearchResult.load, result_path, prof)
 
 
-def _unit_table(r: dict[str, Any], prof) -> pd.DataFrame:
-    if prof is not None:
-        us = prof.units
+def _front_table(sr: SearchResult, baseline: float | None) -> pd.DataFrame:
+    f = sr.front
+    labels: dict[int, list[str]] = {}
+    for name, i in sr.archetype_index.items():
+        labels.setdefault(i, []).append(name)
+    bits = [f.bits(i) for i in range(len(f))]
+    return pd.DataFrame(
+        {
+            "index": np.arange(len(f)),
+            "pred_loss": f.loss,
+            "pred_delta": f.loss - baseline if baseline is not None else np.full(len(f), np.nan),
+            "bytes": f.bytes,
+            "mib": f.bytes.astype(float) / MIB,
+            "avg_bits": f.avg_bits,
+            "archetypes": [", ".join(labels.get(i, [])) for i in range(len(f))],
+            "bits": bits,
+            "bits_str": [" ".join(map(str, b)) for b in bits],
+        }
+    )
+
+
+def _unit_table(sr: SearchResult) -> pd.DataFrame:
+    """Per unit: name, kind, params, modules (the kind is known from the profile only)."""
+    if sr.profile is not None:
+        us = sr.profile.units
         return pd.DataFrame(
             {
                 "unit": [u.name for u in us],
@@ -319,21 +251,15 @@ def _unit_table(r: dict[str, Any], prof) -> pd.DataFrame:
                 "modules": [len(u.modules) for u in us],
             }
         )
-    plan = next(iter(r["plans"].values()), None)
-    rows = []
-    for i, name in enumerate(r["units"]):
-        u = plan["units"][i] if plan is not None else {}
-        params = u.get("params") if isinstance(u, dict) else None
-        mods = u.get("modules") if isinstance(u, dict) else None
-        rows.append(
-            {
-                "unit": name,
-                "kind": None,
-                "params": params if isinstance(params, int) else None,
-                "modules": len(mods) if isinstance(mods, list) else None,
-            }
-        )
-    return pd.DataFrame(rows)
+    us = sr.front[0].to_dict()["units"]
+    return pd.DataFrame(
+        {
+            "unit": sr.unit_names,
+            "kind": [None] * len(us),
+            "params": [u.get("params") for u in us],
+            "modules": [len(u.get("modules") or []) for u in us],
+        }
+    )
 
 
 # ----------------------------------------------------------------------------
@@ -341,51 +267,29 @@ def _unit_table(r: dict[str, Any], prof) -> pd.DataFrame:
 # ----------------------------------------------------------------------------
 
 
-def _parse_verify(path: Path, doc: Any, r: dict[str, Any], result_path: Path) -> dict[str, Any]:
-    if not isinstance(doc, dict):
-        raise DashboardError(f"{path}: expected a JSON object ({VERIFY_FORMAT})")
-    fmt = doc.get("format")
-    if fmt != VERIFY_FORMAT:
-        raise DashboardError(
-            f"{path}: not an EMPAS verify report (format {fmt!r}, expected {VERIFY_FORMAT!r})"
-        )
-    rows = doc.get("rows")
-    if not isinstance(rows, list) or not rows:
-        raise DashboardError(f"{path}: 'rows' must be a non-empty list")
-    meta = doc.get("meta") if isinstance(doc.get("meta"), dict) else {}
-    n = len(r["units"])
-    clean = []
-    for i, row in enumerate(rows):
-        if not isinstance(row, dict) or not isinstance(row.get("name"), str):
-            raise DashboardError(f"{path}: rows[{i}] must be an object with a 'name'")
-        name = row["name"]
-        if not isinstance(row.get("loss"), (int, float)) or isinstance(row.get("loss"), bool):
-            raise DashboardError(f"{path}: row {name!r} has no numeric 'loss'")
-        bits = row.get("bits")
-        if bits is not None:
-            bl = _int_list(bits)
-            if bl is None:
-                raise DashboardError(f"{path}: row {name!r}: 'bits' must be a list of integers")
-            if len(bl) != n:
-                raise DashboardError(
-                    f"{path}: row {name!r} has {len(bl)} bit widths but {result_path} has "
-                    f"{n} units; is this verify.json from another model or search?"
-                )
-            bits = bl
-        clean.append({**row, "bits": bits})
-    return {"rows": clean, "meta": meta, "honesty": doc.get("honesty")}
+def _load_verify(vpath: Path, sr: SearchResult, result_path: Path) -> VerifyReport:
+    report = _read(VerifyReport.load, vpath)
+    n = len(sr.unit_names)
+    for row in report.rows:
+        if row["bits"] is not None and len(row["bits"]) != n:
+            raise DashboardError(
+                f"{vpath}: row {row['name']!r} has {len(row['bits'])} bit widths but "
+                f"{result_path} has {n} units; is this verify.json from another model or search?"
+            )
+    return report
 
 
-def _verify_frame(v: dict[str, Any], res: Results) -> pd.DataFrame:
-    orig = v["meta"].get("original") if isinstance(v["meta"].get("original"), dict) else {}
+def _verify_frame(report: VerifyReport, res: Results) -> pd.DataFrame:
+    meta = report.meta
+    orig = meta.get("original") if isinstance(meta.get("original"), dict) else {}
     orig_loss = _opt(orig.get("loss"))
     if orig_loss is None:
-        for row in v["rows"]:
+        for row in report.rows:
             if row.get("kind") == "original":
                 orig_loss = _opt(row.get("loss"))
     by_bits = {tuple(b): i for i, b in enumerate(res.front["bits"])}
     out = []
-    for row in v["rows"]:
+    for row in report.rows:
         loss = _num(row.get("loss"))
         delta = _opt(row.get("delta"))
         if delta is None and orig_loss is not None:
@@ -401,8 +305,8 @@ def _verify_frame(v: dict[str, Any], res: Results) -> pd.DataFrame:
             pred_loss = float(f["pred_loss"]) if pred_loss is None else pred_loss
             if pred_delta is None and res.has_delta:
                 pred_delta = float(f["pred_delta"])
-        pred_bytes = row.get("pred_bytes")
-        pred_bytes = int(pred_bytes) if isinstance(pred_bytes, (int, float)) else None
+        pred_bytes = _opt(row.get("pred_bytes"))
+        pred_bytes = None if pred_bytes is None else int(pred_bytes)
         if fi is not None:
             x_bytes = int(res.front["bytes"].iloc[fi])
         elif pred_bytes is not None:
@@ -438,6 +342,9 @@ def _verify_frame(v: dict[str, Any], res: Results) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------
+
+
+# ----------------------------------------------------------------------------
 # loading
 # ----------------------------------------------------------------------------
 
@@ -449,47 +356,17 @@ def load_results(
 ) -> Results:
     """Reads a results directory (``DIR/result.json`` or ``DIR/search/result.json``),
     its verify.json (``verify``, else ``DIR/verify.json`` or one next to result.json)
-    and its profile (``profile``, else a ``profile.json`` in DIR, next to
-    result.json or above it, or the result's own profile path, when present and
-    matching the result's units and fingerprint). Raises :class:`DashboardError` naming the
+    and its profile (``profile``, else a ``profile.json`` next to result.json or
+    above it, or the result's own profile path, when present and matching the
+    result's units and fingerprint). Raises :class:`DashboardError` naming the
     file and the problem."""
     result_path, base = locate(results)
-    r = _parse_result(result_path, _read_json(result_path, "search result"))
     warnings: list[str] = []
-
-    # profile: baseline for predicted Δloss, unit kinds
-    prof = None
-    prof_spec: str | None = None
-    if profile is not None and str(profile).strip():
-        spec = str(profile).strip()
-        if not spec.startswith("example:") and not Path(spec).is_file():
-            raise DashboardError(f"profile file not found: {spec}")
-        try:
-            prof = _load_profile(spec)
-        except (ValueError, OSError) as exc:
-            raise DashboardError(f"{spec}: cannot load the profile: {exc}") from None
-        why = _match_profile(prof, r)
-        if why:
-            raise DashboardError(f"{spec}: not the profile of {result_path}: {why}")
-        prof_spec = spec
-    else:
-        for spec in _profile_specs(r, result_path, base):
-            try:
-                cand = _load_profile(spec)
-            except (ValueError, OSError) as exc:
-                warnings.append(f"{spec}: skipped, cannot load the profile ({exc})")
-                continue
-            why = _match_profile(cand, r)
-            if why:
-                warnings.append(f"{spec}: skipped, not this result's profile ({why})")
-                continue
-            prof, prof_spec = cand, spec
-            break
-
+    sr = _load_search(result_path, profile, warnings)
+    prof = sr.profile
     baseline = float(prof.baseline) if prof is not None else None
-    source = f"profile {prof_spec}" if prof is not None else None
+    source = f"profile {prof.path}" if prof is not None else None
 
-    # verify.json
     vpath: Path | None = None
     if verify is not None and str(verify).strip():
         vpath = Path(os.path.expanduser(str(verify).strip()))
@@ -500,18 +377,17 @@ def load_results(
             (c for c in _candidates(result_path, base, "verify.json", up=False) if c.is_file()),
             None,
         )
-    v = None
-    if vpath is not None:
-        v = _parse_verify(vpath, _read_json(vpath, "verify report"), r, result_path)
-        vb = _opt(v["meta"].get("profile_baseline"))
+    report = _load_verify(vpath, sr, result_path) if vpath is not None else None
+    if report is not None:
+        vb = _opt(report.meta.get("profile_baseline"))
         if baseline is None and vb is not None:
             baseline, source = vb, f"{vpath.name} meta.profile_baseline"
         elif baseline is not None and vb is not None and not math.isclose(vb, baseline):
             warnings.append(
-                f"{vpath}: its profile baseline {vb:.6g} differs from {prof_spec}'s "
+                f"{vpath}: its profile baseline {vb:.6g} differs from {prof.path}'s "
                 f"{baseline:.6g}; predicted Δloss uses the profile's"
             )
-        vm, rm = v["meta"].get("model"), r["profile"].get("model")
+        vm, rm = report.meta.get("model"), sr.source.get("model")
         if vm and rm and Path(str(vm)).name != Path(str(rm)).name:
             warnings.append(f"{vpath}: measured model {vm!r}, the search's profile is of {rm!r}")
     if baseline is None:
@@ -521,49 +397,35 @@ def load_results(
             "results cannot be overlaid"
         )
 
-    labels: dict[int, list[str]] = {}
-    for name, i in r["archetypes"].items():
-        labels.setdefault(i, []).append(name)
-    loss = np.asarray(r["loss"], dtype=float)
-    front = pd.DataFrame(
-        {
-            "index": np.arange(len(loss)),
-            "pred_loss": loss,
-            "pred_delta": loss - baseline if baseline is not None else np.full(len(loss), np.nan),
-            "bytes": np.asarray(r["bytes"], dtype=np.int64),
-            "mib": np.asarray(r["bytes"], dtype=float) / MIB,
-            "avg_bits": np.asarray(r["avg_bits"], dtype=float),
-            "archetypes": [", ".join(labels.get(i, [])) for i in range(len(loss))],
-            "bits": r["bits"],
-            "bits_str": [" ".join(map(str, b)) for b in r["bits"]],
-        }
-    )
+    front = _front_table(sr, baseline)
     res = Results(
         result_path=result_path,
         root=base,
-        model=str(r["profile"].get("model") or (prof.model_name if prof is not None else "")),
-        method=r["method"],
-        exact=r["exact"],
-        hypervolume=r["hypervolume"],
-        units=r["units"],
-        choices=r["choices"],
+        model=sr.model_name or (prof.model_name if prof is not None else ""),
+        method=sr.method,
+        exact=bool(sr.exact),
+        hypervolume=_opt(sr.hypervolume),
+        units=list(sr.unit_names),
+        choices=list(sr.choices),
         front=front,
-        archetypes=r["archetypes"],
-        archetype_plans=r["plans"],
+        archetypes=dict(sr.archetype_index),
+        archetype_plans={name: p.to_dict() for name, p in sr.archetypes.items()},
         baseline=baseline,
         baseline_source=source,
-        unit_info=_unit_table(r, prof),
+        unit_info=_unit_table(sr),
         verify_path=vpath,
-        profile_path=prof_spec,
+        profile_path=prof.path if prof is not None else None,
         warnings=warnings,
+        search=sr,
+        report=report,
     )
-    if v is not None:
-        res.verify = _verify_frame(v, res)
-        res.verify_meta = v["meta"]
-        res.honesty = v["honesty"] if isinstance(v["honesty"], dict) else None
     verified = [None] * len(front)
     measured = [math.nan] * len(front)
-    if res.verify is not None:
+    if report is not None:
+        res.verify = _verify_frame(report, res)
+        res.verify_meta = report.meta
+        honesty = report.extra.get("honesty")
+        res.honesty = honesty if isinstance(honesty, dict) else None
         for _, row in res.verify.iterrows():
             fi = row["front_index"]
             if not pd.isna(fi) and verified[int(fi)] is None:
@@ -701,78 +563,53 @@ def plan_view(res: Results, key: str) -> PlanView:
     raise DashboardError(f"unknown plan {key!r}")
 
 
-def _template(res: Results) -> dict[str, Any]:
-    if res.archetype_plans:
-        return copy.deepcopy(next(iter(res.archetype_plans.values())))
-    return {
-        "format": "empas.plan/1",
-        "model": {"name": res.model},
-        "units": [{"name": n, "bits": 0} for n in res.units],
-    }
-
-
-def plan_dict(res: Results, key: str) -> dict[str, Any]:
-    """The ``empas.plan/1`` dict of a plan key. An archetype is its stored plan;
-    a front point is the archetype template with its bits and predicted metrics
-    (what ``SearchResult.front[i]`` holds; ``best:<i>`` is labelled
-    ``best_under_budget`` like ``SearchResult.best_under``); a verified plan off
-    the front carries the verify row's predicted and measured numbers."""
+def _plan(res: Results, key: str) -> Plan:
     kind, _, name = key.partition(":")
-    if kind == "archetype" and name in res.archetype_plans:
-        return copy.deepcopy(res.archetype_plans[name])
+    sr = res.search
+    if kind == "archetype" and name in sr.archetypes:
+        return Plan(sr.archetypes[name].to_dict())
     view = plan_view(res, key)
-    d = _template(res)
-    for u, b in zip(d["units"], view.bits):
-        u["bits"] = int(b)
-    pred: dict[str, Any] = {}
     if view.front_index is not None:
-        f = res.front.iloc[view.front_index]
-        pred = {
-            "avg_bits": float(f["avg_bits"]),
-            "bytes": int(f["bytes"]),
-            "loss": float(f["pred_loss"]),
-        }
-    else:
-        for k, v in (
-            ("avg_bits", view.avg_bits),
-            ("bytes", view.pred_bytes),
-            ("loss", view.pred_loss),
-        ):
-            if v is not None and not (isinstance(v, float) and math.isnan(v)):
-                pred[k] = int(v) if k == "bytes" else float(v)
-    d["predicted"] = pred
-    d["measured"] = None
-    d["archetype"] = None
+        plan = Plan(sr.front[view.front_index].to_dict())
+    else:  # verified off the front: a front plan's units with its bits and predictions
+        d = sr.front[0].to_dict()
+        for u, b in zip(d["units"], view.bits):
+            u["bits"] = int(b)
+        pred = {"avg_bits": view.avg_bits, "bytes": view.pred_bytes, "loss": view.pred_loss}
+        d["predicted"] = {k: v for k, v in pred.items() if _opt(v) is not None}
+        plan = Plan(d)
     if kind == "best":
-        d["archetype"] = "best_under_budget"
+        plan.archetype = "best_under_budget"
     elif kind == "verify":
-        d["archetype"] = name
+        plan.archetype = name
         m = view.measured
         if m is not None:
             meta = res.verify_meta or {}
             orig = meta.get("original") if isinstance(meta.get("original"), dict) else {}
-            measured = {
-                "loss": m.get("loss"),
-                "ppl": m.get("ppl"),
-                "bytes": None if m.get("bytes") is None else int(m["bytes"]),
+            plan.measured = {
+                "loss": _opt(m.get("loss")),
+                "ppl": _opt(m.get("ppl")),
+                "bytes": None if _opt(m.get("bytes")) is None else int(m["bytes"]),
                 "loss_kind": meta.get("loss"),
                 "eval_tokens": meta.get("eval_tokens"),
                 "original_loss": orig.get("loss"),
             }
-            d["measured"] = {
-                k: (None if isinstance(v, float) and math.isnan(v) else v)
-                for k, v in measured.items()
-            }
-    return d
+    return plan
+
+
+def plan_dict(res: Results, key: str) -> dict[str, Any]:
+    """The ``empas.plan/1`` dict of a plan key: an archetype's stored plan, a front
+    point's plan (``SearchResult.front[i]``; ``best:<i>`` is labelled
+    ``best_under_budget`` like ``SearchResult.best_under``), a verified plan with the
+    verify row's measured numbers (off the front: its bits and predicted numbers)."""
+    return _plan(res, key).to_dict()
 
 
 def plan_json(res: Results, key: str) -> str:
     """The plan of ``key`` as validated ``empas.plan/1`` JSON (the download payload)."""
-    import empas
-
     d = plan_dict(res, key)
     try:
-        return empas.Plan.from_dict(d).to_json() + "\n"
+        return Plan.from_dict(d).to_json() + "\n"
     except ValueError as exc:
         raise DashboardError(f"cannot build plan {key!r}: {exc}") from None
 

@@ -52,6 +52,7 @@ from ..errors import FormatError, PlanMismatchError
 from ..plan import Plan, load_plan
 from ..quant.apply import apply as apply_plan
 from ..quant.apply import weight_bytes
+from ..verify.report import VerifyReport
 
 __all__ = [
     "BackgroundServer",
@@ -256,25 +257,17 @@ def _plan_items(plans) -> list[tuple[str, Plan]]:
 
 
 def _load_report(report) -> dict[str, dict]:
-    """Report rows by name, from an ``empas.verify/1`` dict or file (or a VerifyReport)."""
+    """Report rows by name, from a VerifyReport, an ``empas.verify/1`` dict or its file."""
     if report is None:
         return {}
-    if hasattr(report, "to_dict") and not isinstance(report, dict):
-        report = report.to_dict()
-    if isinstance(report, (str, os.PathLike)):
-        path = Path(report)
-        try:
-            report = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ServeError(f"report file not found: {path}") from None
-        except ValueError as exc:
-            raise ServeError(f"{path}: not JSON ({exc})") from None
-    if not isinstance(report, dict) or report.get("format") != "empas.verify/1":
-        raise ServeError("the report must be an empas.verify/1 document (empas verify -o FILE)")
-    rows = report.get("rows")
-    if not isinstance(rows, list):
-        raise ServeError("the report has no rows list")
-    return {str(r["name"]): r for r in rows if isinstance(r, dict) and "name" in r}
+    try:
+        if isinstance(report, (str, os.PathLike)):
+            report = VerifyReport.load(report)
+        elif not isinstance(report, VerifyReport):
+            report = VerifyReport.from_dict(report, "the report")
+    except FormatError as exc:
+        raise ServeError(str(exc)) from None
+    return {r["name"]: r for r in report.rows}
 
 
 def _shared_copy(model):
@@ -346,7 +339,7 @@ class PlanServer:
     ``model``: a HuggingFace model directory, ``"example:tiny-llama"``, or a loaded
     model (then pass ``tokenizer=``; it is not modified). ``plans``: a dict name ->
     Plan/path, or a list of plan files, directories of ``*.json`` and Plans (name =
-    archetype or file stem). ``report``: an ``empas.verify/1`` report (path or dict)
+    archetype or file stem). ``report``: a VerifyReport, or an ``empas.verify/1`` file or dict,
     whose rows give each plan's measured metrics (matched by plan name, then
     archetype). ``fp16``: also serve ``"fp16"``, every unit at 16 bits.
     ``default_plan``: the plan of requests that name none (default: the first plan
@@ -758,9 +751,9 @@ def create_app(server: PlanServer):
 
 
 def _version() -> str:
-    from .. import __version__
+    from .._native import version
 
-    return __version__
+    return version()
 
 
 # ----------------------------------------------------------------------------
