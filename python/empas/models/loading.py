@@ -1,5 +1,6 @@
-"""Loading a model (a local HuggingFace directory or a model object) and its
-identity: a cheap fingerprint of the weights and the context length."""
+"""Loading a model (a local HuggingFace directory, a ``.gguf`` file or a model
+object) and its identity: a cheap fingerprint of the weights, the context length,
+and where the weights came from (:func:`model_source`)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,18 @@ import os
 from pathlib import Path
 
 from ..errors import ProfileError
+from .gguf_files import gguf_file_path, gguf_info, gguf_to_hf, is_gguf, source_record
 
-__all__ = ["context_length", "fingerprint", "load_model", "model_device", "require_torch"]
+__all__ = [
+    "context_length",
+    "fingerprint",
+    "load_model",
+    "model_device",
+    "model_source",
+    "require_torch",
+]
+
+_SOURCE_ATTR = "empas_source"  # set on models loaded from a converted GGUF file
 
 
 def require_torch(what: str = "this") -> None:
@@ -26,23 +37,41 @@ def require_torch(what: str = "this") -> None:
         ) from exc
 
 
-def load_model(model_or_path, device=None, tokenizer=None):
+def load_model(model_or_path, device=None, tokenizer=None, gguf_file=None):
     """``(model, tokenizer, owned, name)``: loads a local HuggingFace directory
     (causal LM when its config says so, else the base model, e.g. an encoder) onto
     ``device`` (default: CUDA when available), or takes a model object where it is
     (``owned`` is False: it is left as it was). The tokenizer is loaded from the
-    directory when not given (None when it has none)."""
+    directory when not given (None when it has none).
+
+    A ``.gguf`` file (or a directory and ``gguf_file=`` the file's name in it) is
+    dequantized through transformers into a cached float32 copy on first use
+    (:func:`~empas.models.gguf_to_hf`) and loaded from there; ``name`` is then the
+    ``.gguf`` path, and :func:`model_source` of the model says that its weights came
+    from that (quantized) file."""
     import torch
 
     if isinstance(model_or_path, (str, os.PathLike)):
         path = Path(model_or_path)
+        if gguf_file is not None or is_gguf(path):
+            src = gguf_file_path(path, gguf_file)
+            path, name = gguf_to_hf(src, verbose=True), str(src)
+        else:
+            name = str(path)
         if not path.exists():
             raise FileNotFoundError(
                 f"model path {str(path)!r} does not exist (EMPAS loads models from local "
-                "directories; no model hub is contacted)"
+                "directories and .gguf files; no model hub is contacted)"
             )
         if not (path / "config.json").is_file():
-            raise ProfileError(f"{str(path)!r} holds no HuggingFace model (no config.json)")
+            ggufs = sorted(p.name for p in path.glob("*.gguf")) if path.is_dir() else []
+            hint = (
+                f"; it holds GGUF files ({', '.join(ggufs)}): pass one as the model path or "
+                "as gguf_file= (--gguf-file)"
+                if ggufs
+                else ""
+            )
+            raise ProfileError(f"{str(path)!r} holds no HuggingFace model (no config.json){hint}")
         from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
         cfg = AutoConfig.from_pretrained(path)
@@ -60,11 +89,13 @@ def load_model(model_or_path, device=None, tokenizer=None):
                 tokenizer = AutoTokenizer.from_pretrained(path)
             except Exception:
                 tokenizer = None
+        info = gguf_info(path)
+        if info is not None:
+            setattr(model, _SOURCE_ATTR, source_record(info))
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         model.to(device)
         owned = True
-        name = str(path)
     else:
         model = model_or_path
         if not hasattr(model, "named_modules"):
@@ -90,6 +121,16 @@ def load_model(model_or_path, device=None, tokenizer=None):
                     "object is profiled where it is and left unchanged)"
                 )
     return model, tokenizer, owned, str(name)
+
+
+def model_source(model) -> dict | None:
+    """Where a model's weights came from, when not from a plain HuggingFace checkpoint:
+    for one converted from a GGUF file, ``{"format": "gguf", "file", "sha256",
+    "architecture", "quantized", "tensor_types", "note"}`` (``quantized``: the file
+    held quantized weights, so the float32 weights carry its quantization error).
+    None otherwise."""
+    src = getattr(model, _SOURCE_ATTR, None)
+    return dict(src) if isinstance(src, dict) else None
 
 
 def fingerprint(model) -> str:

@@ -1,5 +1,6 @@
-"""Text in, tokens out: calibration and evaluation text from files, lists of
-strings or ``datasets.Dataset`` objects, encoded as one token stream."""
+"""Text in, tokens out: calibration and evaluation text from files, text aliases
+(``example:bbc-news:calib`` / ``:eval``), lists of strings or ``datasets.Dataset``
+objects, encoded as one token stream."""
 
 from __future__ import annotations
 
@@ -11,14 +12,23 @@ __all__ = ["encode_stream", "texts_from"]
 
 
 def texts_from(source, what: str = "calibration") -> tuple[list[str], str]:
-    """``(texts, description)`` of a text file path, a list of strings or a
-    ``datasets.Dataset`` with a ``text`` column; ``what`` names it in errors."""
+    """``(texts, description)`` of a text file path, a text alias
+    (``"example:bbc-news:calib"`` or ``"example:bbc-news:eval"``: BBC News articles,
+    split by article), a list of strings or a ``datasets.Dataset`` with a ``text``
+    column; ``what`` names it in errors."""
+    if isinstance(source, str) and source.startswith("example:") and not Path(source).is_file():
+        from .examples import example_text
+
+        try:
+            return example_text(source)
+        except ValueError as exc:
+            raise ValueError(f"{what}: {exc}") from None
     if isinstance(source, (str, os.PathLike)):
         p = Path(source)
         if not p.is_file():
             raise FileNotFoundError(
-                f"{what} file {str(p)!r} not found (pass a text file, a list of strings, "
-                "a token tensor or a datasets.Dataset)"
+                f"{what} file {str(p)!r} not found (pass a text file, example:bbc-news:calib "
+                "or :eval, a list of strings, a token tensor or a datasets.Dataset)"
             )
         return [p.read_text(encoding="utf-8", errors="replace")], f"file:{p}"
     if hasattr(source, "column_names") and hasattr(source, "__getitem__"):
