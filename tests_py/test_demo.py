@@ -16,6 +16,7 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 FAST = ["--n-tokens", "1024", "--seq-len", "64", "--max-eval-tokens", "2048"]
+FAST += ["--units", "sublayer", "--bits", "2,3,4,8"]  # the settings these tests were written for
 FAST += ["--pop-size", "24", "--generations", "10", "--quiet"]
 
 

@@ -93,7 +93,7 @@ def _sub(sub, name: str, help: str, parents) -> argparse.ArgumentParser:
     )
 
 
-def _model(p: argparse.ArgumentParser, positional: bool = True) -> None:
+def _model(p: argparse.ArgumentParser, positional: bool = True, default: str = "") -> None:
     help = (
         "a local HuggingFace model directory, a .gguf file (dequantized once, then cached), "
         "example:tiny-llama (the offline model EMPAS trains once and caches) or "
@@ -102,7 +102,7 @@ def _model(p: argparse.ArgumentParser, positional: bool = True) -> None:
     if positional:
         p.add_argument("model", nargs="?", help=help)
     else:
-        p.add_argument("--model", default="example:tiny-llama", help=help + " (default)")
+        p.add_argument("--model", default=default, help=help + f" (default {default})")
     _gguf_file(p)
 
 
@@ -142,10 +142,12 @@ def _plans(p: argparse.ArgumentParser, help: str) -> None:
     p.add_argument("--plans", nargs="+", default=[], help=help)
 
 
-def _profile_options(p: argparse.ArgumentParser, units: str, n_tokens: int | None) -> None:
+def _profile_options(
+    p: argparse.ArgumentParser, units: str, n_tokens: int | None, bits: str = "2,3,4,8"
+) -> None:
     """What ProfileConfig takes, as options (profile and demo)."""
     p.add_argument("--units", default=units, choices=["block", "sublayer", "linear"])
-    _comma(p.add_argument("--bits", default="2,3,4,8", help="bit widths (0 = drop a block)"))
+    _comma(p.add_argument("--bits", default=bits, help="bit widths (0 = drop a block)"))
     p.add_argument(
         "--n-tokens",
         type=int,
@@ -171,6 +173,15 @@ def _verify_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--memory", action="store_true", help="measure loaded memory per plan")
 
 
+def _demo_defaults() -> dict:
+    """run_demo's defaults: the one place the demo's settings are written."""
+    import inspect
+
+    from empas.demo import run_demo
+
+    return {k: v.default for k, v in inspect.signature(run_demo).parameters.items()}
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     p = argparse.ArgumentParser(
         prog="empas",
@@ -192,14 +203,25 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         parents,
     )
     d.add_argument("-o", "--out", default="out/demo", help="output directory (default out/demo)")
-    _model(d, positional=False)
+    demo = _demo_defaults()
+    _model(d, positional=False, default=demo["model"])
     d.add_argument("--calib", help="calibration text file (default: the offline corpus)")
     d.add_argument("--eval", help="held-out text file (default: the offline corpus' eval pages)")
-    _profile_options(d, units="sublayer", n_tokens=16384)
+    _profile_options(
+        d,
+        units=demo["units"],
+        n_tokens=demo["n_tokens"],
+        bits=",".join(map(str, demo["bits"])),
+    )
     _search_options(d)
     d.add_argument("--budget", help="memory budget, e.g. 7MB: its best plan is verified too")
     _verify_options(d)
-    d.add_argument("--max-eval-tokens", type=int, default=16384, help="held-out tokens (0 = all)")
+    d.add_argument(
+        "--max-eval-tokens",
+        type=int,
+        default=demo["max_eval_tokens"],
+        help="held-out tokens (0 = all)",
+    )
     d.add_argument(
         "--export-plan",
         help="plan to export (default: best_under_budget with --budget, else balanced)",
@@ -533,11 +555,7 @@ def _cmd_profile(a: argparse.Namespace) -> int:
     except ValueError:
         raise ValueError(f"--bits expects comma-separated integers, got {a.bits!r}") from None
     model = _model_arg(a.model)
-    calib = a.calib
-    if a.model == "example:tiny-llama" and calib is None:
-        calib = empas.models.corpus("train")
-    if a.model == empas.models.SMOLLM2 and calib is None:
-        calib = f"{empas.models.BBC_NEWS}:calib"
+    calib = a.calib if a.calib is not None else empas.models.default_text(a.model, "calib")
     if calib is None:
         raise ValueError(
             "--calib FILE is required (a text file of calibration text, or example:bbc-news:calib)"
@@ -630,17 +648,12 @@ def _cmd_verify(a: argparse.Namespace) -> int:
     except ValueError:
         raise ValueError(f"--baselines expects comma-separated bits, got {a.baselines!r}") from None
     model = _model_arg(a.model)
-    ev = a.eval
+    ev = a.eval if a.eval is not None else empas.models.default_text(a.model, "eval")
     if ev is None:
-        if a.model == empas.models.SMOLLM2:
-            ev = f"{empas.models.BBC_NEWS}:eval"
-        elif a.model == "example:tiny-llama":
-            ev = empas.models.corpus("eval")
-        else:
-            raise ValueError(
-                "--eval FILE is required (held-out text, not the calibration text; or "
-                "example:bbc-news:eval)"
-            )
+        raise ValueError(
+            "--eval FILE is required (held-out text, not the calibration text; or "
+            "example:bbc-news:eval)"
+        )
     plans = {}
     for f in _plan_files(a.plans):
         p = empas.load_plan(f)

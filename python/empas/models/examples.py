@@ -199,6 +199,23 @@ def example_text(source: str) -> tuple[list[str], str]:
     )
 
 
+def default_text(model, split: str):
+    """The text a model is profiled (``split="calib"``) or evaluated (``"eval"``) on
+    when none is given: the Python docs corpus for a model EMPAS trained on it
+    (``example:tiny-llama`` or its directory), BBC News for ``example:smollm2``;
+    None for any other model (the caller asks for text)."""
+    if split not in BBC_SPLITS:
+        raise ValueError(f"split must be one of {BBC_SPLITS}, got {split!r}")
+    trained = model == EXAMPLE or (
+        isinstance(model, (str, os.PathLike)) and (Path(model) / "empas_training.json").is_file()
+    )
+    if trained:
+        return corpus("train" if split == "calib" else "eval")
+    if model == SMOLLM2:
+        return f"{BBC_NEWS}:{split}"
+    return None
+
+
 def corpus(split: str | None = None) -> tuple[list[str], list[str]] | list[str]:
     """Real English text from the Python install: the reference manual's topic
     pages (``pydoc_data.topics``, ~465k characters, 79 pages).

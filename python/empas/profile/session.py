@@ -15,7 +15,13 @@ from typing import Any
 import numpy as np
 
 from ..errors import FormatError, ProfileError
-from ..models.loading import default_seq_len, fingerprint, load_model, require_torch
+from ..models.loading import (
+    default_seq_len,
+    fingerprint,
+    load_model,
+    model_source,
+    require_torch,
+)
 from ..models.structure import distinct
 from ..quant.apply import Undo, quantize_members
 from ..util.progress import progress_bar
@@ -74,6 +80,9 @@ class Session:
             "blocks": self.prefix,
             "n_blocks": len(self.blocks),
         }
+        source = model_source(self.model)
+        if source is not None:  # e.g. dequantized from a GGUF file: say so in the profile
+            self.model_meta["source"] = source
 
     # -- profile dictionary ------------------------------------------------------
     def _units_json(self) -> list[dict[str, Any]]:

@@ -13,13 +13,14 @@ __all__ = ["best_under_uniform", "bits_name", "uniform_plan"]
 
 def uniform_plan(template: Plan | Profile, bits: int, profile: Profile | None = None) -> Plan:
     """Every unit of ``template`` (a plan or a profile) at ``bits``, with predicted
-    metrics from ``profile`` (or the template profile) when it has that choice."""
+    metrics from ``profile`` (or the template profile) when it has that choice (none
+    otherwise: a uniform int8 baseline of a 2/3/4-bit profile is measured, not predicted)."""
     prof = template if isinstance(template, Profile) else profile
     if prof is not None and bits in prof.choices:
         p = prof.plan([bits] * prof.n_units, archetype=f"uniform-{bits_name(bits)}")
         return p
-    if isinstance(template, Profile):
-        raise ValueError(f"the profile has no {bits}-bit choice (choices: {template.choices})")
+    if isinstance(template, Profile):  # a precision the profile did not measure: no prediction
+        template = template.plan([16] * template.n_units)
     d = template.to_dict()
     for u in d["units"]:
         u["bits"] = int(bits)
