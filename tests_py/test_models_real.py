@@ -395,3 +395,35 @@ def test_cli_defaults_to_bbc_news_for_smollm2(monkeypatch, tmp_path):
     monkeypatch.setattr(empas, "profile", fake_profile)
     assert main(["profile", "example:smollm2", "-o", str(tmp_path / "p.json"), "--quiet"]) == 2
     assert seen["calib"] == "example:bbc-news:calib"
+
+
+@needs_gguf
+@needs_smollm2
+def test_llama_cpp_export_uses_the_gguf_files_own_tensor_names(smol_dir):
+    """A plan for a model converted from a GGUF names that file's tensors (no renaming):
+    every tensor the export names is in the file, and each planned linear is named."""
+    from empas import export
+
+    mods = [f"model.layers.7.self_attn.{p}_proj" for p in "qkvo"]
+    mods += [f"model.layers.7.mlp.{p}_proj" for p in ("gate", "up", "down")]
+    plan = empas.Plan.from_dict(
+        {
+            "format": "empas.plan/1",
+            "model": {"name": str(smol_dir)},
+            "units": [
+                {"name": "model.layers.7.self_attn", "bits": 3, "modules": mods[:4]},
+                {"name": "model.layers.7.mlp", "bits": 8, "modules": mods[4:]},
+            ],
+        }
+    )
+    text = export.to_llama_cpp_tensor_types(plan)
+    lines = text.splitlines()
+    assert lines[0] == r"^blk\.7\.attn_q\.weight$=q3_K" and len(lines) == 7
+    names = set(empas.models.gguf_tensor_names(smol_dir))
+    for line in lines:
+        tensor = line.split("=")[0][1:-1].replace("\\.", ".")
+        assert tensor in names
+    # the file's names, not gguf-py's table for an architecture (which one is not asked)
+    assert export.to_llama_cpp_tensor_types(plan, arch="no-such-arch") == text
+    with pytest.raises(ValueError, match="no tensor in the source GGUF file"):
+        export.to_llama_cpp_tensor_types(plan, gguf_names={"other.weight": "x"})

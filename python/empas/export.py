@@ -129,9 +129,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._native import core
 from .plan import Plan
 from .quant.config import QuantConfig
+from .util.io import atomic_write_text
 
 FORMATS = ("llama.cpp", "gptqmodel", "hqq", "empas-original")
 
@@ -375,7 +375,7 @@ def write_original_artifacts(
     _check_free([p for p, _ in texts.values()], force)
     outdir.mkdir(parents=True, exist_ok=True)
     for path, text in texts.values():
-        core().write_file_atomic(str(path), text)
+        atomic_write_text(path, text)
     return {name: path for name, (path, _) in texts.items()}
 
 
@@ -410,16 +410,47 @@ def _llama_gguf_name(name: str) -> str | None:
     return None
 
 
+def gguf_names_of(plan: Plan) -> dict[str, str] | None:
+    """HF weight name -> the source GGUF file's own tensor name, when the plan's model
+    was converted from a GGUF file by EMPAS (its directory holds the conversion
+    record); None otherwise."""
+    from .models.gguf_files import gguf_info
+
+    name = plan.model_name
+    if not name or not Path(name).is_dir():
+        return None
+    info = gguf_info(name)
+    return dict(info["tensor_map"]) if info else None
+
+
 def _llama_cpp_pairs(
-    plan: Plan, arch: str, round_up: bool, model_layers_prefix: str | None
+    plan: Plan,
+    arch: str,
+    round_up: bool,
+    model_layers_prefix: str | None,
+    gguf_names: Mapping[str, str] | None,
 ) -> list[tuple[str, str]]:
     _check_plan(plan)
     mods = _module_bits(plan, model_layers_prefix)
-    n_blocks = 1 + max((int(x) for m in mods for x in re.findall(r"\.(\d+)\.", m)), default=0)
-    namer = _gguf_namer(arch, n_blocks)
+    if gguf_names is None:
+        gguf_names = gguf_names_of(plan)
+    namer = None
     pairs = []
     for m, (unit, bits) in mods.items():
         ggml = GGML_TYPES[_supported(bits, list(GGML_TYPES), "GGML", f"unit '{unit}'", round_up)]
+        if gguf_names is not None:  # the file's own names: no renaming, no arch table
+            tensor = gguf_names.get(f"{m}.weight")
+            if not tensor:
+                raise ValueError(
+                    f"module '{m}' (unit '{unit}') has no tensor in the source GGUF file"
+                )
+            pairs.append((_escape(tensor), ggml))
+            continue
+        if namer is None:
+            n_blocks = 1 + max(
+                (int(x) for k in mods for x in re.findall(r"\.(\d+)\.", k)), default=0
+            )
+            namer = _gguf_namer(arch, n_blocks)
         tensor = namer(m)
         if not tensor:
             raise ValueError(f"module '{m}' (unit '{unit}') has no GGUF tensor name for {arch}")
@@ -433,11 +464,17 @@ def to_llama_cpp_tensor_types(
     *,
     round_up: bool = False,
     model_layers_prefix: str | None = None,
+    gguf_names: Mapping[str, str] | None = None,
 ) -> str:
     """Text for ``llama-quantize --tensor-type-file``: one ``^tensor$=type`` line per
-    planned linear, newline-terminated (see the module docstring)."""
+    planned linear, newline-terminated (see the module docstring). Tensor names are
+    the source GGUF file's own when the plan's model was converted from one (or
+    ``gguf_names``: HF weight name -> GGUF tensor name is given), so the file applies
+    to ``llama-quantize`` of that same GGUF without renaming; else gguf-py's table for
+    ``arch``."""
     return "".join(
-        f"{p}={t}\n" for p, t in _llama_cpp_pairs(plan, arch, round_up, model_layers_prefix)
+        f"{p}={t}\n"
+        for p, t in _llama_cpp_pairs(plan, arch, round_up, model_layers_prefix, gguf_names)
     )
 
 
@@ -447,11 +484,12 @@ def to_llama_cpp_args(
     *,
     round_up: bool = False,
     model_layers_prefix: str | None = None,
+    gguf_names: Mapping[str, str] | None = None,
 ) -> list[str]:
     """The same overrides as ``["--tensor-type", "^tensor$=type", ...]`` (argv items,
     no shell quoting)."""
     out: list[str] = []
-    for p, t in _llama_cpp_pairs(plan, arch, round_up, model_layers_prefix):
+    for p, t in _llama_cpp_pairs(plan, arch, round_up, model_layers_prefix, gguf_names):
         out += ["--tensor-type", f"{p}={t}"]
     return out
 
@@ -619,5 +657,5 @@ def write_export(
     else:
         text = json.dumps(out, indent=2, allow_nan=False) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
-    core().write_file_atomic(str(path), text)
+    atomic_write_text(path, text)
     return path
