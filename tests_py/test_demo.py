@@ -155,3 +155,24 @@ def test_demo_api_returns_the_objects(tiny_model_path, tmp_path):
     assert res.search.archetypes["balanced"].bits == res.verify.row("balanced")["bits"]
     assert "EMPAS demo" in res.text() and "<pre>" in res._repr_html_()
     assert not (Path(res.out) / "export").exists()
+
+
+@pytest.mark.slow
+def test_demo_on_smollm2_with_bbc_news_as_shipped(tmp_path, capsys):
+    """The main job as `bash scripts/run.sh` runs it: SmolLM2-135M (from its GGUF) on
+    BBC News, default settings, end to end."""
+    out = tmp_path / "demo"
+    assert main(["demo", "-o", str(out), "--quiet"]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["model"]["name"] == "example:smollm2"
+    assert rep["model"]["source"]["quantized"] is True
+    assert "Q4_1" in rep["model"]["source"]["tensor_types"]
+    assert rep["profile"]["units"] == 30 and rep["profile"]["choices"] == [2, 3, 4, 16]
+    assert rep["profile"]["measured_cells"] == 120 and rep["profile"]["estimated_cells"] == 0
+    assert "example:bbc-news:calib" in rep["profile"]["calib_source"]
+    assert {"uniform-fp16", "uniform-int4", "uniform-int2"} <= set(rep["uniform"])
+    assert "best_under_int4" in rep["plans"] and rep["honesty"]["verdict"]
+    fp16 = rep["uniform"]["uniform-fp16"]["ppl"]
+    assert fp16 < rep["uniform"]["uniform-int2"]["ppl"]
+    lines = (out / "export" / "balanced.tensor-types.txt").read_text().splitlines()
+    assert len(lines) == 210 and all(line.startswith("^blk\\.") for line in lines)

@@ -373,6 +373,11 @@ def _f(v, fmt: str) -> str:
     return format(v, fmt)
 
 
+def _ppl(v) -> str:
+    """Perplexity: 2 decimals, or 4 significant digits when it is huge (uniform int2)."""
+    return _f(v, ".2f" if v is None or abs(v) < 1e6 else ".4g")
+
+
 def report_text(r: dict[str, Any]) -> str:
     """The demo's report as readable text (what ``empas demo`` prints)."""
     fr, pr = r["front"], r["profile"]
@@ -395,7 +400,7 @@ def report_text(r: dict[str, Any]) -> str:
     ]
     mem = any(d.get("rss_mb") is not None for d in [*r["plans"].values(), *r["uniform"].values()])
     lines.append(
-        f"{'plan':<20}{'avg bits':>9}{'size':>12}{'pred Δ':>10}{'measured Δ':>12}{'ppl':>9}"
+        f"{'plan':<20}{'avg bits':>9}{'size':>12}{'pred Δ':>10}{'measured Δ':>12}{'ppl':>11}"
         + (f"{'loaded MB':>11}" if mem else "")
     )
 
@@ -403,7 +408,7 @@ def report_text(r: dict[str, Any]) -> str:
         return (
             f"{name[:19]:<20}{_f(d.get('avg_bits'), '.2f'):>9}{format_bytes(d['bytes']):>12}"
             f"{_f(d.get('pred_delta'), '+.4f'):>10}{_f(d['delta'], '+.4f'):>12}"
-            f"{_f(d.get('ppl'), '.2f'):>9}" + (f"{_f(d.get('rss_mb'), '.1f'):>11}" if mem else "")
+            f"{_ppl(d.get('ppl')):>11}" + (f"{_f(d.get('rss_mb'), '.1f'):>11}" if mem else "")
         )
 
     for name, d in r["plans"].items():
