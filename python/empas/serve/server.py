@@ -48,6 +48,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from .._native import version as empas_version
 from ..errors import FormatError, PlanMismatchError
 from ..plan import Plan, load_plan
 from ..quant.apply import apply as apply_plan
@@ -647,7 +648,7 @@ def create_app(server: PlanServer):
 
     app = FastAPI(
         title="EMPAS plan server",
-        version=_version(),
+        version=empas_version(),
         description=(
             f"Text generation with {server.model_name} under mixed-precision plans. "
             f"Plans: {', '.join(server.plan_names)} (default {server.default_plan})."
@@ -748,12 +749,6 @@ def create_app(server: PlanServer):
         }
 
     return app
-
-
-def _version() -> str:
-    from .._native import version
-
-    return version()
 
 
 # ----------------------------------------------------------------------------
