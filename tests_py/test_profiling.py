@@ -175,6 +175,32 @@ def test_kl_loss_and_fisher_estimate(tiny_model_path, calib_texts, block_profile
     assert 0.3 < rho <= 1.0
 
 
+def test_estimated_choices_are_fisher_cells_and_the_rest_are_measured(
+    tiny_model_path, calib_texts, block_profile
+):
+    """estimate=(16, 8): those columns equal estimate_sensitivity's cells, have no
+    stderr, are recorded in source.estimated; the measured columns are the plain
+    profile's exactly, and no experiment ran for the estimated ones."""
+    p = empas.profile(tiny_model_path, calib_texts, choices=(2, 3, 4, 8), estimate=(16, 8), **FAST)
+    est = empas.estimate_sensitivity(tiny_model_path, calib_texts, choices=(2, 3, 4, 8), **{
+        k: v for k, v in FAST.items() if k != "progress"})  # fmt: skip
+    assert p.choices == block_profile.choices == est.choices == [2, 3, 4, 8, 16]
+    measured, estimated = [0, 1, 2], [3, 4]
+    np.testing.assert_array_equal(p.delta[:, measured], block_profile.delta[:, measured])
+    np.testing.assert_allclose(p.delta[:, estimated], est.delta[:, estimated], rtol=1e-6)
+    assert np.all(np.isnan(p.stderr[:, estimated])) and np.all(p.stderr[:, measured] > 0)
+    assert p.meta["source"]["estimated"] == {
+        "method": "fisher",
+        "choices": [8, 16],
+        "cells": 2 * len(p.units),
+    }
+    assert p.meta["timings"]["experiments"] == 3 * len(p.units)
+    with pytest.raises(ValueError, match="estimate: 5 bits is not one of the choices"):
+        empas.profile(tiny_model_path, calib_texts, choices=(2, 4), estimate=(5,), **FAST)
+    with pytest.raises(ValueError, match="choice 0 .drop. cannot be estimated"):
+        empas.profile(tiny_model_path, calib_texts, choices=(0, 4), estimate=(0,), **FAST)
+
+
 def test_gpt2_conv1d_and_tied_embeddings(tmp_path, calib_texts):
     from transformers import GPT2Config, GPT2LMHeadModel
 

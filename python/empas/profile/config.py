@@ -20,6 +20,8 @@ class ProfileConfig:
     """What :func:`empas.profile` measures and how (see it for the meanings).
 
     ``choices`` is normalized: sorted, without repeats, with 16 (fp16) added.
+    ``estimate``: the choices whose cells are Fisher estimates instead of
+    measurements (a subset of ``choices``, never 0), sorted.
     ``quant`` is the :class:`~empas.QuantConfig` of ``group_size``, ``symmetric``
     and ``clip_search``. Raises ValueError naming the bad setting."""
 
@@ -38,6 +40,7 @@ class ProfileConfig:
     head: bool = False
     cache: bool = True
     cache_device: str | None = None
+    estimate: Sequence[int] = ()
     quant: QuantConfig = field(init=False, repr=False, compare=False)  # from the three above
 
     def __post_init__(self) -> None:
@@ -64,6 +67,7 @@ class ProfileConfig:
         if not callable(self.loss) and self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES} or a callable, got {self.loss!r}")
         object.__setattr__(self, "choices", _check_choices(self.choices, self.units == "block"))
+        object.__setattr__(self, "estimate", _check_estimate(self.estimate, self.choices))
         object.__setattr__(
             self, "quant", QuantConfig(self.group_size, self.symmetric, self.clip_search)
         )
@@ -85,6 +89,7 @@ class ProfileConfig:
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
         d["loss"] = self.loss_name
         d["choices"] = list(self.choices)
+        d["estimate"] = list(self.estimate)
         if isinstance(self.units, Mapping):
             d["units"] = {k: v if isinstance(v, str) else list(v) for k, v in self.units.items()}
         return d
@@ -106,4 +111,20 @@ def _check_choices(choices, units_kind_block: bool) -> tuple[int, ...]:
             out.append(b)
     if 16 not in out:
         out.append(16)
+    return tuple(sorted(out))
+
+
+def _check_estimate(estimate, choices: tuple[int, ...]) -> tuple[int, ...]:
+    if isinstance(estimate, (str, bytes)) or not isinstance(estimate, (Sequence, set, frozenset)):
+        raise ValueError(f"estimate must be a list of bit widths, got {estimate!r}")
+    out = set()
+    for b in estimate:
+        if isinstance(b, bool) or not isinstance(b, numbers.Integral):
+            raise ValueError(f"estimate must hold integer bit widths, got {b!r}")
+        b = int(b)
+        if b == 0:
+            raise ValueError("estimate: choice 0 (drop) cannot be estimated, only measured")
+        if b not in choices:
+            raise ValueError(f"estimate: {b} bits is not one of the choices {list(choices)}")
+        out.add(b)
     return tuple(sorted(out))

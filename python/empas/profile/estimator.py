@@ -10,11 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from ..models.structure import distinct
-from ..quant.fake import fake_quant
 from ..util.settings import settle
 from ..util.stats import spearman
 from .config import ProfileConfig
+from .fisher import fisher_deltas, fisher_diagonal
 from .session import Session
 from .table import Profile
 
@@ -41,76 +40,17 @@ def estimate_sensitivity(
     symmetric, clip_search, embeddings, head); the loss is always causal_lm and
     choice 0 (drop) is left out.
     """
-    import torch
-
     unknown = sorted(set(settings) - set(ProfileConfig.__dataclass_fields__) - {"quant"})
     if unknown:
         raise TypeError(f"estimate_sensitivity() got unexpected settings: {', '.join(unknown)}")
     given = {**settings, "units": units}
     given["choices"] = [b for b in choices if b != 0]  # nothing to estimate for a drop
     cfg = settle(ProfileConfig, config, given)
-    cfg = replace(cfg, choices=[b for b in cfg.choices if b != 0], loss="causal_lm")
+    cfg = replace(cfg, choices=[b for b in cfg.choices if b != 0], loss="causal_lm", estimate=())
     s = Session(model_or_path, calibration, cfg, tokenizer)
-    model = s.model
     t0 = time.perf_counter()
-    weights = {}
-    for spec in s.specs:
-        for m in spec.members:
-            weights[m.weight.data_ptr()] = m
-    fisher = {k: torch.zeros_like(m.weight, dtype=torch.float32) for k, m in weights.items()}
-    was_training = model.training
-    model.eval()
-    req = {p: p.requires_grad for p in model.parameters()}
-    base_losses = []
-    try:
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for m in weights.values():
-            m.weight.requires_grad_(True)
-        for ids in s.batches:
-            model.zero_grad(set_to_none=True)
-            with torch.enable_grad():
-                out = model(input_ids=ids, labels=ids, **({"use_cache": False}))
-                out.loss.backward()
-            base_losses.append(float(out.loss.detach()))
-            for k, m in weights.items():
-                if m.weight.grad is not None:
-                    fisher[k] += m.weight.grad.float() ** 2
-        for k in fisher:
-            fisher[k] /= len(s.batches)
-    finally:
-        model.zero_grad(set_to_none=True)
-        for p, r in req.items():
-            p.requires_grad_(r)
-        if was_training:
-            model.train()
-    delta = []
-    with torch.no_grad():
-        for spec in s.specs:
-            row = []
-            for bits in s.choices:
-                est = 0.0
-                for m in distinct(spec.members):
-                    w = m.weight.data
-                    f = fisher[w.data_ptr()]
-                    if bits == 16:
-                        q = w.to(torch.float16).to(w.dtype)
-                        err = (q.float() - w.float()) ** 2
-                    else:
-                        v = m.view2d()
-                        q = fake_quant(
-                            v,
-                            bits,
-                            group_size=s.qs.group_size,
-                            symmetric=s.qs.symmetric,
-                            clip_search=s.qs.clip_search,
-                        )
-                        err = (q.float() - v.float()) ** 2
-                        if m.kind == "conv1d":
-                            err = err.t()
-                    est += 0.5 * float((f * err).sum())
-                row.append(est)
-            delta.append(row)
+    fisher, base_losses = fisher_diagonal(s)
+    delta = [fisher_deltas(s, fisher, spec, s.choices) for spec in s.specs]
     timings = {"total_s": round(time.perf_counter() - t0, 4), "method": "fisher"}
     return s.make_profile(
         float(np.mean(base_losses)),

@@ -29,6 +29,7 @@ from ..util.settings import settle
 from .calibration import batches, calibration_tokens
 from .checkpoint import ProfileCheckpoint
 from .config import ProfileConfig
+from .fisher import fisher_deltas, fisher_diagonal
 from .runner import Runner
 from .table import Profile
 from .units import UnitSpec, build_units, unsearched_bytes
@@ -63,6 +64,11 @@ class Session:
             raise ValueError(
                 f"loss={self.loss_name!r} needs a model with an LM head (logits); "
                 f"{type(self.model).__name__} has none: use loss='embedding' for encoders"
+            )
+        if config.estimate and not self.has_logits:
+            raise ValueError(
+                f"estimate={list(config.estimate)} needs a model with an LM head (the Fisher "
+                f"estimate is of the cross-entropy); {type(self.model).__name__} has none"
             )
         seq_len = config.seq_len
         if seq_len is not None or not isinstance(calibration, torch.Tensor):
@@ -180,7 +186,7 @@ class Session:
             (u, c)
             for u, spec in enumerate(self.specs)
             for c, bits in enumerate(self.choices)
-            if not (bits == 0 and spec.block is None)
+            if not (bits == 0 and spec.block is None) and bits not in cfg.estimate
         ]
         todo = [
             (u, c) for u, c in experiments if _ekey(self.specs[u], self.choices[c]) not in ck.done
@@ -234,12 +240,24 @@ class Session:
                 self.model.train()
         if fingerprint(self.model) != self.model_meta["fingerprint"]:  # belt and braces
             raise RuntimeError("EMPAS bug: the model's weights were not restored exactly")
+        t_est = time.perf_counter()
+        estimated = {}
+        if cfg.estimate:
+            fisher, _ = fisher_diagonal(self)
+            for spec in self.specs:
+                estimated[spec.name] = fisher_deltas(self, fisher, spec, cfg.estimate)
+            del fisher
+        t_est = time.perf_counter() - t_est
         total = time.perf_counter() - t0
         delta, stderr = [], []
         for spec in self.specs:
             drow, srow = [], []
             for bits in self.choices:
                 k = _ekey(spec, bits)
+                if bits in cfg.estimate:
+                    drow.append(estimated[spec.name][cfg.estimate.index(bits)])
+                    srow.append(None)  # an estimate has no sampling error to report
+                    continue
                 if k not in ck.done:
                     drow.append(None)
                     srow.append(None)
@@ -253,12 +271,20 @@ class Session:
             "baseline_s": round(t_base, 4),
             "experiments": len(todo),
             "resumed": len(experiments) - len(todo),
-            "experiments_s": round(total - t_base, 4),
+            "experiments_s": round(total - t_base - t_est, 4),
             "per_experiment_s": round(float(np.median(times)), 5) if times else None,
             "total_s": round(total, 4),
             "cache": bool(cfg.cache),
         }
-        return self.make_profile(float(base.mean()), delta, stderr, self.loss_name, timings, {})
+        extra = {}
+        if cfg.estimate:
+            timings["estimate_s"] = round(t_est, 4)
+            extra["estimated"] = {
+                "method": "fisher",
+                "choices": list(cfg.estimate),
+                "cells": len(self.specs) * len(cfg.estimate),
+            }
+        return self.make_profile(float(base.mean()), delta, stderr, self.loss_name, timings, extra)
 
 
 def _ekey(spec: UnitSpec, bits: int) -> str:
@@ -287,6 +313,7 @@ def profile(
     head: bool = False,
     cache: bool = True,
     cache_device: str | None = None,
+    estimate: Sequence[int] = (),
     on_stale: str = "error",
     progress: bool = True,
 ) -> Profile:
@@ -309,7 +336,10 @@ def profile(
     the same arguments resumes from it; one written for another run is an error
     (``on_stale="error"``) or discarded (``on_stale="restart"``). ``cache``: run
     every experiment from its own block on cached block inputs (``cache_device``
-    holds them; default the model's device). ``config``: all these settings as one
+    holds them; default the model's device). ``estimate``: choices whose cells are
+    the Fisher estimate (one backward pass per batch) instead of a measurement, e.g.
+    ``(16,)``: their stderr is null and the profile's ``source.estimated`` says so.
+    ``config``: all these settings as one
     :class:`~empas.ProfileConfig` instead of keywords.
     """
     given = dict(locals())
