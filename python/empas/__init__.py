@@ -42,6 +42,7 @@ from .profile import (
     Unit,
     estimate_sensitivity,
     example_profile,
+    fit_table,
     load_profile,
     profile,
     rank_correlation,
@@ -57,7 +58,7 @@ from .quant import (
     packing,
     save_quantized,
 )
-from .search import SearchConfig, SearchResult, search
+from .search import MeasuredSearch, SearchConfig, SearchResult, search, search_measured
 from .util.sizes import format_bytes, parse_size
 from .verify import VerifyConfig, VerifyReport, fidelity, refine, verify
 
@@ -72,6 +73,7 @@ __all__ = [
     "EmpasError",
     "FormatError",
     "InfeasibleError",
+    "MeasuredSearch",
     "NativeBuildError",
     "Plan",
     "PlanMismatchError",
@@ -94,6 +96,7 @@ __all__ = [
     "fake_quant",
     "fidelity",
     "fake_quant_reference",
+    "fit_table",
     "format_bytes",
     "load_plan",
     "load_quantized",
@@ -106,6 +109,7 @@ __all__ = [
     "refine",
     "save_quantized",
     "search",
+    "search_measured",
     "synthetic_profile",
     "verify",
 ]

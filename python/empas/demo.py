@@ -90,6 +90,7 @@ def run_demo(
     eval_text=None,
     units: str = "block",
     bits: Sequence[int] = (2, 3, 4),
+    estimate: Sequence[int] = (16,),
     n_tokens: int | None = 1024,
     seq_len: int | None = None,
     batch_size: int = 4,
@@ -101,6 +102,8 @@ def run_demo(
     budget: int | str | None = None,
     baselines: Sequence[int] = (16, 8, 4, 3, 2),
     max_eval_tokens: int | None = 2048,
+    measure: int = 10,
+    selection_tokens: int = 1024,
     memory: bool = False,
     export_plan: str | None = None,
     formats: Sequence[str] = FORMATS,
@@ -116,13 +119,19 @@ def run_demo(
     runs). ``calib`` / ``eval_text``: text files, lists of strings or text aliases
     (default: ``example:bbc-news:calib`` / ``:eval``, BBC News articles split by
     article; the Python docs corpus for the tiny model). The defaults (block units at
-    2/3/4 bits, 1,024 calibration tokens, 2,048 held-out tokens) keep the demo within
-    about 10 minutes on 2 CPU cores; every Δ is measured, none estimated. ``budget``: a
+    2/3/4 bits measured, fp16 estimated, 1,024 calibration tokens, 2,048 held-out
+    tokens) keep the demo within 10 minutes on 2 CPU cores. ``estimate``: the bit
+    widths whose cells come from the one-backward-pass Fisher estimate instead of a
+    forward pass each (default fp16, whose Δ is tiny and costs as much to measure as
+    any other cell; ``()`` measures everything); the report counts both. ``measure``:
+    how many plans :func:`empas.search_measured` may measure (on ``selection_tokens``
+    calibration tokens the profile did not use) to pick ``best_under_int4``; 0 takes
+    the proxy's best plan under uniform int4's bytes instead. ``budget``: a
     memory budget ("8MB", bytes): its best plan is verified and exported too.
     ``export_plan``: which plan to export (default: the budget plan when a budget
     is given, else ``balanced``)."""
     import empas
-    from empas.verify import best_under_uniform, write_json
+    from empas.verify import best_under_uniform, uniform_plan, write_json
 
     log = log or print
     if not progress:
@@ -168,6 +177,7 @@ def run_demo(
     config = empas.ProfileConfig(
         units=units,
         choices=bits,
+        estimate=estimate,
         n_tokens=n_tokens,
         seq_len=seq_len,
         batch_size=batch_size,
@@ -210,9 +220,30 @@ def run_demo(
     # 4. verify ----------------------------------------------------------------
     t = _stage(log, 4, n, "verify: the plans and uniform baselines on held-out text (packed)")
     plans: dict[str, Any] = dict(res.archetypes)
-    best = best_under_uniform(exact, prof, 4)
-    if best is not None:
-        plans["best_under_int4"] = best
+    measured = None
+    u4 = uniform_plan(prof, 4) if 4 in prof.choices else None
+    if measure and u4 is not None:
+        # the recommendation at int4's bytes: measured candidates on calibration
+        # windows the profile did not use, the proxy corrected (empas.search_measured)
+        measured = empas.search_measured(
+            path,
+            prof,
+            calib,
+            budgets=[u4.predicted_bytes],
+            selection_tokens=selection_tokens,
+            max_measurements=measure,
+            seed=seed,
+            device=device,
+            checkpoint=outp / "measured.checkpoint.json",
+            progress=progress,
+        )
+        files["measured"] = measured.save(outp / "measured.json")
+        plans["best_under_int4"] = next(iter(measured.recommended.values()))
+        log(f"      {str(measured).splitlines()[0]}")
+    else:
+        best = best_under_uniform(exact, prof, 4)
+        if best is not None:
+            plans["best_under_int4"] = best
     if budget is not None:
         plans["best_under_budget"] = exact.best_under(budget)  # InfeasibleError: clear message
     rep = empas.verify(
@@ -283,6 +314,15 @@ def run_demo(
     report = _report(
         model_label, path, prof, res, exact, hv_ratio, rep, honesty, chosen, skipped, timings
     )
+    if measured is not None:
+        report["measured_search"] = {
+            "measurements": measured.budget["measurements"],
+            "selection_tokens": measured.meta["selection_tokens"],
+            "correction": measured.correction,
+            "recommended": {
+                k: {"bits": p.bits, **(p.measured or {})} for k, p in measured.recommended.items()
+            },
+        }
     files["report"] = rj = outp / "report.json"
     files["report_md"] = rm = outp / "report.md"
     report["files"] = {k: str(v) for k, v in files.items()}
@@ -323,6 +363,8 @@ def _report(model_label, path, prof, res, exact, hv_ratio, rep, honesty, chosen,
         if r["kind"] == "uniform"
     }
     f = res.front
+    est = (prof.meta.get("source") or {}).get("estimated") or {}
+    n_est = int(est.get("cells", 0))
     return {
         "format": "empas.demo/1",
         "model": {
@@ -337,8 +379,9 @@ def _report(model_label, path, prof, res, exact, hv_ratio, rep, honesty, chosen,
             "baseline": prof.baseline,
             "calib_tokens": (prof.meta.get("calibration") or {}).get("tokens"),
             "calib_source": (prof.meta.get("calibration") or {}).get("source"),
-            "measured_cells": int(np.isfinite(prof.delta).sum()),
-            "estimated_cells": 0,
+            "measured_cells": int(np.isfinite(prof.delta).sum()) - n_est,
+            "estimated_cells": n_est,
+            "estimated": est or None,
         },
         "front": {
             "method": res.method,
@@ -396,8 +439,17 @@ def report_text(r: dict[str, Any]) -> str:
         f"front's hypervolume",
         f"held-out  {r['eval']['tokens']:,} tokens ({r['eval']['loss']}); original model loss "
         f"{r['original']['loss']:.4f}, ppl {_f(r['original']['ppl'], '.2f')}",
-        "",
     ]
+    ms = r.get("measured_search")
+    if ms:
+        c = ms["correction"]
+        lines.append(
+            f"measured  best_under_int4 picked from {ms['measurements']} plans measured on "
+            f"{ms['selection_tokens']:,} unused calibration tokens (proxy corrected: "
+            f"leave-one-out |error| {_f(c.get('loo_mae_proxy'), '.4f')} -> "
+            f"{_f(c.get('loo_mae_corrected'), '.4f')})"
+        )
+    lines.append("")
     mem = any(d.get("rss_mb") is not None for d in [*r["plans"].values(), *r["uniform"].values()])
     lines.append(
         f"{'plan':<20}{'avg bits':>9}{'size':>12}{'pred Δ':>10}{'measured Δ':>12}{'ppl':>11}"

@@ -74,6 +74,10 @@ class Plan:
     def predicted(self) -> dict[str, Any]:
         return dict(self._data.get("predicted") or {})
 
+    def set_predicted(self, key: str, value: Any) -> None:
+        """Adds a predicted metric (e.g. the loss's standard error)."""
+        self._data.setdefault("predicted", {})[key] = value
+
     @property
     def predicted_loss(self) -> float | None:
         return self.predicted.get("loss")

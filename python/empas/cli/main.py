@@ -143,11 +143,24 @@ def _plans(p: argparse.ArgumentParser, help: str) -> None:
 
 
 def _profile_options(
-    p: argparse.ArgumentParser, units: str, n_tokens: int | None, bits: str = "2,3,4,8"
+    p: argparse.ArgumentParser,
+    units: str,
+    n_tokens: int | None,
+    bits: str = "2,3,4,8",
+    estimate: str = "",
 ) -> None:
     """What ProfileConfig takes, as options (profile and demo)."""
     p.add_argument("--units", default=units, choices=["block", "sublayer", "linear"])
     _comma(p.add_argument("--bits", default=bits, help="bit widths (0 = drop a block)"))
+    _comma(
+        p.add_argument(
+            "--estimate-bits",
+            default=estimate,
+            help="bit widths whose cells are Fisher estimates, not measurements (e.g. 16)"
+            + (f"; default {estimate}" if estimate else "")
+            + "; '' measures every cell",
+        )
+    )
     p.add_argument(
         "--n-tokens",
         type=int,
@@ -212,10 +225,19 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         units=demo["units"],
         n_tokens=demo["n_tokens"],
         bits=",".join(map(str, demo["bits"])),
+        estimate=",".join(map(str, demo["estimate"])),
     )
     _search_options(d)
     d.add_argument("--budget", help="memory budget, e.g. 7MB: its best plan is verified too")
     _verify_options(d)
+    d.add_argument(
+        "--measure",
+        type=int,
+        default=demo["measure"],
+        help="plans measured on unused calibration tokens to pick best_under_int4 "
+        f"(default {demo['measure']}; 0 = the proxy's pick)",
+    )
+    d.add_argument("--selection-tokens", type=int, default=demo["selection_tokens"])
     d.add_argument(
         "--max-eval-tokens",
         type=int,
@@ -256,6 +278,21 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     s.add_argument("--pin", action="append", default=[], metavar="UNIT=BITS", help="fix a unit")
     s.add_argument("--checkpoint", help="checkpoint file (resumes when it exists)")
     s.add_argument("--resolution", help="exact method: epsilon-grid width, e.g. 1MB")
+    s.add_argument(
+        "--table",
+        choices=["monotone", "raw"],
+        default="monotone",
+        help="the proxy's table: noise-aware monotone fit (default) or the raw measurements",
+    )
+    s.add_argument(
+        "--measure",
+        metavar="MODEL",
+        help="measure candidate plans on MODEL (selection split of --calib, the profile's "
+        "calibration text) and correct the proxy; needs --budget; writes measured.json",
+    )
+    s.add_argument("--calib", help="with --measure: the profile's calibration text")
+    s.add_argument("--selection-tokens", type=int, default=2048, help="with --measure")
+    s.add_argument("--max-measurements", type=int, default=16, help="with --measure")
     s.add_argument(
         "--negative",
         choices=["error", "clamp", "keep"],
@@ -443,6 +480,7 @@ def _cmd_demo(a: argparse.Namespace) -> int:
         eval_text=a.eval,
         units=a.units,
         bits=_split(a.bits, "--bits"),
+        estimate=_split(a.estimate_bits, "--estimate-bits"),
         n_tokens=a.n_tokens,
         seq_len=a.seq_len,
         batch_size=a.batch_size,
@@ -454,6 +492,8 @@ def _cmd_demo(a: argparse.Namespace) -> int:
         budget=a.budget,
         baselines=_split(a.baselines, "--baselines"),
         max_eval_tokens=a.max_eval_tokens or None,
+        measure=a.measure,
+        selection_tokens=a.selection_tokens,
         memory=a.memory,
         export_plan=a.export_plan,
         formats=formats,
@@ -533,12 +573,38 @@ def _cmd_search(a: argparse.Namespace) -> int:
         checkpoint=a.checkpoint,
         progress=a.progress,
         resolution=a.resolution,
+        table=a.table,
     )
     paths = res.save(a.out, overwrite=a.force)
     print(res.summary())
     print(
         f"wrote {paths['result']}, {paths['front_csv']} and {len(res.archetypes)} plans in {a.out}/plans"
     )
+    if a.measure:
+        from pathlib import Path
+
+        if a.budget is None:
+            raise ValueError("--measure needs --budget (the memory budget to recommend a plan for)")
+        calib = a.calib if a.calib is not None else empas.models.default_text(a.measure, "calib")
+        if calib is None:
+            raise ValueError("--measure needs --calib: the text the profile was calibrated on")
+        ms = empas.search_measured(
+            _model_arg(a.measure),
+            prof,
+            calib,
+            budgets=[a.budget],
+            table=a.table,
+            selection_tokens=a.selection_tokens,
+            max_measurements=a.max_measurements,
+            seed=a.seed,
+            checkpoint=Path(a.out) / "measured.checkpoint.json",
+            progress=a.progress,
+        )
+        out = ms.save(Path(a.out) / "measured.json")
+        for p in ms.recommended.values():
+            p.save(Path(a.out) / "plans" / "best_under_budget.measured.json")
+        print(ms)
+        print(f"wrote {out} and {a.out}/plans/best_under_budget.measured.json")
     return 0
 
 
@@ -563,6 +629,7 @@ def _cmd_profile(a: argparse.Namespace) -> int:
     config = empas.ProfileConfig(
         units=a.units,
         choices=bits,
+        estimate=_split(a.estimate_bits, "--estimate-bits"),
         loss=a.loss,
         n_tokens=a.n_tokens,
         seq_len=a.seq_len,

@@ -12,7 +12,8 @@ Speed: one model load; the hidden states entering every block are cached once
 with the baseline on the same tokens). A checkpoint (:mod:`.checkpoint`) lets a
 killed run resume without redoing finished experiments. The result is a
 :class:`Profile` (:mod:`.table`, ``empas.sensitivity/1``); :mod:`.estimator` has
-the cheap Fisher estimate and :mod:`.synthetic` random profiles for tests.
+the cheap Fisher estimate, :mod:`.fit` the noise-aware monotone table the search
+uses by default, and :mod:`.synthetic` random profiles for tests.
 
     >>> prof = empas.profile(path, calib_texts, units="block", choices=(2, 3, 4, 8))
     >>> prof.delta.shape          # n_units x n_choices (16 is always measured too)
@@ -23,6 +24,7 @@ from __future__ import annotations
 from ..errors import ProfileError, StaleCheckpointError
 from .config import LOSSES, UNIT_MODES, ProfileConfig
 from .estimator import estimate_sensitivity, rank_correlation
+from .fit import TABLES, adjustment, fit_table, plan_stderr
 from .session import profile
 from .synthetic import synthetic_profile
 from .table import NEGATIVE_POLICIES, Profile, Unit, example_profile, load_profile
@@ -35,10 +37,14 @@ __all__ = [
     "ProfileConfig",
     "ProfileError",
     "StaleCheckpointError",
+    "TABLES",
     "Unit",
+    "adjustment",
     "estimate_sensitivity",
     "example_profile",
+    "fit_table",
     "load_profile",
+    "plan_stderr",
     "profile",
     "rank_correlation",
     "synthetic_profile",

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..models.text import encode_stream, texts_from
 
-__all__ = ["DEFAULT_SEQUENCES", "batches", "calibration_tokens"]
+__all__ = ["DEFAULT_SEQUENCES", "batches", "calibration_tokens", "selection_tokens"]
 
 DEFAULT_SEQUENCES = 32
 
@@ -17,6 +17,43 @@ DEFAULT_SEQUENCES = 32
 def calibration_tokens(calibration, tokenizer, seq_len, n_tokens, seed):
     """``(windows [n_seq, seq_len], meta)``: ``n_tokens`` tokens (default: 32
     sequences) of ``calibration`` (text or token ids) and its identity record."""
+    windows, seq_len, source = _all_windows(calibration, tokenizer, seq_len)
+    pick = _pick(windows.shape[0], seq_len, n_tokens, seed)
+    return _record(windows, pick, seq_len, seed, source)
+
+
+def selection_tokens(calibration, tokenizer, calib_meta: dict, n_tokens: int, seed: int):
+    """``(windows, meta)``: ``n_tokens`` tokens of ``calibration`` in windows that a
+    profile measured on ``calib_meta`` (its calibration record) did *not* use: the
+    selection split, for measuring plans without reusing the profile's tokens.
+    The profile's windows are found again from its record (seed, sequence count,
+    digest); a different calibration text is an error naming the mismatch."""
+    seq_len = int(calib_meta["seq_len"])
+    windows, seq_len, source = _all_windows(calibration, tokenizer, seq_len)
+    n_prof = int(calib_meta["n_sequences"])
+    used = _pick(windows.shape[0], seq_len, n_prof * seq_len, int(calib_meta["seed"]))
+    _, again = _record(windows, used, seq_len, int(calib_meta["seed"]), source)
+    if again["sha256"] != calib_meta.get("sha256"):
+        raise ValueError(
+            "the selection text is not the profile's calibration text (its windows "
+            f"{again['sha256']} differ from the profile's {calib_meta.get('sha256')}): pass "
+            "the same calibration the profile was measured on"
+        )
+    n_all = windows.shape[0]
+    rest = np.setdiff1d(np.arange(n_all), used) if used is not None else np.zeros(0, np.int64)
+    n_seq = n_tokens // seq_len
+    if n_seq < 1:
+        raise ValueError(f"selection needs at least one sequence of {seq_len} tokens")
+    if n_seq > rest.size:
+        raise ValueError(
+            f"the calibration text has {rest.size} windows of {seq_len} tokens the profile did "
+            f"not use; {n_tokens} selection tokens need {n_seq}: give more text or fewer tokens"
+        )
+    pick = np.sort(np.random.default_rng([seed, 17]).choice(rest, n_seq, replace=False))
+    return _record(windows, pick, seq_len, seed, source)
+
+
+def _all_windows(calibration, tokenizer, seq_len):
     import torch
 
     if isinstance(calibration, torch.Tensor):
@@ -51,7 +88,11 @@ def calibration_tokens(calibration, tokenizer, seq_len, n_tokens, seed):
                 f"seq_len={seq_len}; give more text or a smaller seq_len"
             )
         windows = stream[: w * seq_len].view(w, seq_len)
-    available = windows.shape[0]
+    return windows, int(seq_len), source
+
+
+def _pick(available: int, seq_len: int, n_tokens, seed):
+    """Which windows a run of ``n_tokens`` takes (None: all of them)."""
     if n_tokens is None:
         n_seq = min(available, DEFAULT_SEQUENCES)
     else:
@@ -64,7 +105,14 @@ def calibration_tokens(calibration, tokenizer, seq_len, n_tokens, seed):
                 f"{seq_len}); n_tokens={n_tokens} asks for more"
             )
     if n_seq < available:  # a seeded choice of non-overlapping windows, in order
-        pick = np.sort(np.random.default_rng(seed).choice(available, n_seq, replace=False))
+        return np.sort(np.random.default_rng(seed).choice(available, n_seq, replace=False))
+    return None
+
+
+def _record(windows, pick, seq_len, seed, source):
+    import torch
+
+    if pick is not None:
         windows = windows[torch.as_tensor(pick)]
     windows = windows.contiguous()
     digest = hashlib.sha256(windows.numpy().astype(np.int64).tobytes()).hexdigest()[:16]

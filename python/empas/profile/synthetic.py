@@ -28,9 +28,16 @@ def synthetic_profile(
     seed: int = 0,
     hidden: int = 1024,
     group_size: int = 128,
+    noise: float = 0.0,
+    noise_seed: int | None = None,
 ) -> Profile:
     """A profile of ``n_units`` linear layers (7 per block, Llama layout) with
-    exact packed byte counts (group-wise fp16 scales)."""
+    exact packed byte counts (group-wise fp16 scales). ``noise`` > 0 adds
+    measurement noise as a short calibration run would: each cell gets a standard
+    error ``noise`` x (its Δ + the unit's 4-bit Δ) and a Gaussian error of that
+    size (drawn from a generator of its own, seeded by ``noise_seed``, default
+    ``seed``: the same seed with ``noise=0`` is the noise-free truth, and other
+    noise seeds are repeated measurements of it)."""
     if n_units < 1:
         raise ValueError("n_units must be >= 1")
     if len(set(choices)) != len(choices) or not choices:
@@ -62,6 +69,20 @@ def synthetic_profile(
                 "shapes": [[out_f, in_f]],
             }
         )
+    stderr = None
+    if noise:
+        if not noise > 0:
+            raise ValueError(f"noise must be >= 0, got {noise!r}")
+        nrng = np.random.default_rng([seed if noise_seed is None else noise_seed, 1])
+        ref = [row[choices.index(4)] if 4 in choices else min(row) for row in delta]
+        stderr = [
+            [0.0 if b >= 16 else noise * (d + r) for b, d in zip(choices, row)]
+            for row, r in zip(delta, ref)
+        ]
+        delta = [
+            [d + (0.0 if s == 0 else float(nrng.normal(0.0, s))) for d, s in zip(row, srow)]
+            for row, srow in zip(delta, stderr)
+        ]
     doc = {
         "format": "empas.sensitivity/1",
         "model": {"name": f"synthetic-{n_units}x{len(choices)}-seed{seed}"},
@@ -79,6 +100,7 @@ def synthetic_profile(
         "units": units,
         "unsearched_bytes": 2 * 32000 * hidden * 2,
         "delta": delta,
-        "source": {"generator": "empas.synthetic.synthetic_profile", "seed": seed},
+        "stderr": stderr,
+        "source": {"generator": "empas.synthetic.synthetic_profile", "seed": seed, "noise": noise},
     }
-    return Profile.from_dict(doc)
+    return Profile.from_dict(doc, negative="keep" if noise else None)

@@ -130,7 +130,10 @@ class Profile:
     def fingerprint(self) -> str:
         """Hash of the units, choices, tables and quantizer (hex)."""
         if self._fingerprint is None:
-            self._fingerprint = self._p.fingerprint
+            # a fitted table (source.table) is a view of the measured profile: it keeps
+            # the measured profile's identity, so results and plans match either
+            t = (self.meta.get("source") or {}).get("table") or {}
+            self._fingerprint = t.get("raw_fingerprint") or self._p.fingerprint
         return self._fingerprint
 
     @property
@@ -186,6 +189,14 @@ class Profile:
         under ``problem`` (:meth:`problem`)."""
         plan = Plan(json.loads(self._p.make_plan(problem, genome, self.fingerprint)))
         plan.archetype = archetype
+        if self.stderr is not None:
+            from .fit import plan_stderr
+
+            se = float(plan_stderr(self, np.asarray(genome)[None, :])[0])
+            plan.set_predicted("loss_stderr", se)
+            t = (self.meta.get("source") or {}).get("table")
+            if t:
+                plan.set_predicted("table", t["kind"])
         return plan
 
     def _plan_json(self, plan: Plan | dict[str, int] | list[int]) -> str:

@@ -41,6 +41,7 @@ class SearchConfig:
     checkpoint_every: int = 10
     max_points: int = 2_000_000
     resolution: int | None = None
+    table: str = "monotone"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -83,6 +84,8 @@ class SearchConfig:
             raise ValueError("method='exact' covers loss vs bytes; latency needs method='nsga2'")
         if self.method == "exact" and self.max_avg_bits is not None:
             raise ValueError("method='exact' supports max_bytes only; max_avg_bits needs 'nsga2'")
+        if self.table not in ("monotone", "raw"):
+            raise ValueError(f"table must be 'monotone' or 'raw', got {self.table!r}")
         if self.sampling not in ("stratified", "uniform"):
             raise ValueError(f"sampling must be 'stratified' or 'uniform', got {self.sampling!r}")
         if self.mutation not in ("neighbor", "uniform"):

@@ -48,6 +48,7 @@ class Front(Sequence):
         self.genomes = np.ascontiguousarray(genomes, dtype=np.int64)
         self.loss = np.asarray(loss, dtype=float)
         self.bytes = np.asarray(bytes, dtype=np.int64)
+        self.loss_stderr: np.ndarray | None = None  # the predicted loss's standard error
         self.avg_bits = np.asarray(avg_bits, dtype=float)
         self.latency = None if latency is None else np.asarray(latency, dtype=float)
         self._choice_bits = np.asarray(choice_bits)
@@ -64,7 +65,7 @@ class Front(Sequence):
             return cls(g, z, z.astype(np.int64), z, None, problem.choice_bits, None)
         order = np.lexsort((ev["loss"], ev["bytes"]))
         lat = ev["latency"][order] if problem.n_objectives == 3 else None
-        return cls(
+        front = cls(
             np.asarray(genomes)[order],
             ev["loss"][order],
             ev["bytes"][order],
@@ -73,6 +74,11 @@ class Front(Sequence):
             problem.choice_bits,
             _plan_maker(profile, problem, provenance),
         )
+        if profile.stderr is not None:
+            from ..profile.fit import plan_stderr
+
+            front.loss_stderr = plan_stderr(profile, front.genomes)
+        return front
 
     def __len__(self) -> int:
         return len(self.loss)
@@ -167,6 +173,7 @@ class SearchResult:
             "path": profile.path,
             "model": profile.model_name,
             "fingerprint": profile.fingerprint,
+            "table": ((profile.meta.get("source") or {}).get("table") or {}).get("kind", "raw"),
         }
         self.unit_names = profile.unit_names
         self.choices = list(profile.choices)
@@ -227,7 +234,8 @@ class SearchResult:
         else:
             profile = _find_profile(path, r)
         try:
-            config = SearchConfig(**r["config"])
+            # results written before fitted tables existed were searched on the raw table
+            config = SearchConfig(**{"table": "raw", **r["config"]})
         except (TypeError, ValueError) as exc:
             raise FormatError(
                 f"{path}: 'config' is not a valid search configuration ({exc})"
@@ -235,6 +243,9 @@ class SearchResult:
         prov = dict(next(iter(r["plans"].values()), {}).get("provenance", {}).get("search") or {})
         f = r["front"]
         if profile is not None:
+            from ..profile.fit import fit_table
+
+            profile = fit_table(profile, config.table)
             problem = profile.problem(
                 config.max_bytes,
                 config.max_avg_bits,
@@ -260,6 +271,12 @@ class SearchResult:
         front = Front(
             genomes, f["loss"], f["bytes"], f["avg_bits"], f.get("latency"), choice_bits, maker
         )
+        if profile is not None and profile.stderr is not None:
+            from ..profile.fit import plan_stderr
+
+            front.loss_stderr = plan_stderr(profile, genomes)
+        elif f.get("loss_stderr") is not None and len(f["loss_stderr"]) == len(f["loss"]):
+            front.loss_stderr = np.asarray(f["loss_stderr"], dtype=float)
         archetypes = {name: Plan.from_dict(d) for name, d in r["plans"].items()}
         stored = {
             "profile": r["profile"],
@@ -329,6 +346,7 @@ class SearchResult:
                 "bytes": f.bytes.tolist(),
                 "avg_bits": f.avg_bits.tolist(),
                 "bits": [f.bits(i) for i in range(len(f))],
+                **({"loss_stderr": f.loss_stderr.tolist()} if f.loss_stderr is not None else {}),
             },
             "archetypes": {
                 name: {"index": self.archetype_index[name], "plan": p.to_dict()}
@@ -576,6 +594,11 @@ def _parse(path: Path, doc: Any) -> dict[str, Any]:
             "avg_bits": [_num(x) for x in cols["avg_bits"]],
             "bits": bits,
             "latency": None if latency is None else [_num(x) for x in latency],
+            "loss_stderr": (
+                [_num(x) for x in front["loss_stderr"]]
+                if isinstance(front.get("loss_stderr"), list) and len(front["loss_stderr"]) == n
+                else None
+            ),
         },
         "archetypes": archetypes,
         "plans": plans,

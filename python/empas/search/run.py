@@ -21,6 +21,7 @@ import numpy as np
 
 from .._native import core
 from ..plan import Plan
+from ..profile.fit import fit_table
 from ..profile.table import Profile, load_profile
 from ..util.progress import progress_bar
 from .config import SearchConfig
@@ -54,6 +55,7 @@ def search(
     progress: bool | Callable[[dict[str, Any]], bool | None] = False,
     max_points: int = 2_000_000,
     resolution: int | str | None = None,
+    table: str = "monotone",
 ) -> SearchResult:
     """Searches bit allocations on a sensitivity profile.
 
@@ -81,11 +83,15 @@ def search(
             generation's stats (return False to stop early).
         max_points, resolution: exact method: largest intermediate front, and an
             optional ε-grid width in bytes for huge spaces.
+        table: "monotone" (default: the noise-aware fitted table of
+            :func:`empas.fit_table`, Δ non-increasing in bits per unit; the result's
+            plans carry its standard errors) or "raw" (the measured cells as they are).
     """
     given = locals()
     cfg = SearchConfig(**{f.name: given[f.name] for f in fields(SearchConfig)})
     if not isinstance(profile, Profile):
         profile = load_profile(profile)
+    profile = fit_table(profile, cfg.table)
     problem = profile.problem(
         cfg.max_bytes, cfg.max_avg_bits, cfg.pinned, cfg.allowed_bits, cfg.latency
     )
@@ -96,6 +102,7 @@ def search(
         "generations": cfg.generations,
         "max_bytes": cfg.max_bytes,
         "max_avg_bits": cfg.max_avg_bits,
+        "table": cfg.table,
         "profile_path": profile.path,
     }
     t0 = time.perf_counter()
