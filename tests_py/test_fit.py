@@ -133,13 +133,16 @@ def test_plan_stderr_matches_the_spread_over_repeated_noise_draws():
         noisy = empas.synthetic_profile(N, choices=CHOICES, seed=4, noise=0.5, noise_seed=100 + k)
         preds.append(noisy.evaluate(bits)["loss"])
     g = noisy.genome(bits)[None, :]
-    stated = plan_stderr(noisy, g)[0]
+    stated = plan_stderr(noisy, g, rho=0.0)[0]
     spread = float(np.std(preds, ddof=1))
     assert 0.85 < spread / stated < 1.15
     # rho = 1 (perfectly correlated cells) is the sum of the stderrs
     se = noisy.stderr[np.arange(N), g[0]]
     assert plan_stderr(noisy, g, rho=1.0)[0] == pytest.approx(se.sum())
     assert stated == pytest.approx(np.sqrt((se**2).sum()))
+    # the default for a raw table assumes cells correlated by 0.2 (see plan_stderr)
+    lin, sq = se.sum(), (se**2).sum()
+    assert plan_stderr(noisy, g)[0] == pytest.approx(np.sqrt(sq + 0.2 * (lin**2 - sq)))
     assert truth.stderr is None and np.isnan(plan_stderr(truth, g)[0])
 
 

@@ -427,3 +427,29 @@ def test_llama_cpp_export_uses_the_gguf_files_own_tensor_names(smol_dir):
     assert export.to_llama_cpp_tensor_types(plan, arch="no-such-arch") == text
     with pytest.raises(ValueError, match="no tensor in the source GGUF file"):
         export.to_llama_cpp_tensor_types(plan, gguf_names={"other.weight": "x"})
+
+
+def test_a_reconverted_gguf_drops_its_stale_cached_copies(tmp_path):
+    """A GGUF file that changed (a reinstalled package: new mtime, new key) gets a
+    fresh conversion; the copies converted from the same path before are removed,
+    copies of other files are kept."""
+    from empas.models.gguf_files import _FORMAT, GGUF_MARKER, _cache_key, _drop_stale
+
+    src = tmp_path / "m.gguf"
+    src.write_bytes(b"GGUF" + b"\0" * 64)
+    key = _cache_key(src)
+
+    def fake(name, path, k):
+        d = tmp_path / "models" / name
+        d.mkdir(parents=True)
+        rec = {"format": _FORMAT, "source": {"path": str(path), "key": k}}
+        (d / GGUF_MARKER).write_text(json.dumps(rec))
+        return d
+
+    fresh = fake(f"m-{key}", src.resolve(), key)
+    stale = fake("m-000000000000", src.resolve(), "000000000000")
+    other = fake("n-111111111111", tmp_path / "n.gguf", "111111111111")
+    plain = tmp_path / "models" / "tiny-llama-abc"
+    plain.mkdir()
+    assert _drop_stale(fresh, src) == [stale]
+    assert fresh.is_dir() and other.is_dir() and plain.is_dir() and not stale.exists()

@@ -231,7 +231,30 @@ def gguf_to_hf(
             file=sys.stderr,
             flush=True,
         )
+    if out_dir is None:
+        _drop_stale(out, src)
     return out
+
+
+def _drop_stale(fresh: Path, src: Path) -> list[Path]:
+    """Removes cached conversions of the same source path made before the file
+    changed (a reinstalled package: another size or mtime, so another key), which
+    would otherwise stay on disk forever (each one is ~4x the GGUF's size)."""
+    gone = []
+    for other in sorted(fresh.parent.glob("*-*")):
+        if other == fresh or not other.is_dir() or other.name.startswith("."):
+            continue
+        try:
+            info = gguf_info(other)
+        except FormatError:
+            continue
+        if info is None:
+            continue
+        path = (info.get("source") or {}).get("path")
+        if path and Path(path) == src.resolve() and info["source"].get("key") != _cache_key(src):
+            shutil.rmtree(other, ignore_errors=True)
+            gone.append(other)
+    return gone
 
 
 def _is_converted(out: Path, src: Path, key: str) -> bool:
