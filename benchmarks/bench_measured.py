@@ -87,7 +87,7 @@ def profile_tokens(prof) -> int:
     return int(round(runs * toks))
 
 
-def run(path: str, a, model, tok) -> dict:
+def run(path: str, a, model_path, model, tok) -> dict:
     t0 = time.perf_counter()
     prof = empas.load_profile(path)
     n = prof.n_units
@@ -98,13 +98,14 @@ def run(path: str, a, model, tok) -> dict:
         plans[f"monotone@int{b}"] = empas.search(prof, method="exact").best_under(B)
     tm = time.perf_counter()
     ms = empas.search_measured(
-        model,
+        model_path,
         prof,
         CALIB,
         budgets=list(budgets.values()),
         selection_tokens=a.selection_tokens,
         max_measurements=a.max_measurements,
         tokenizer=tok,
+        checkpoint=Path(path).with_suffix(".measured.json"),
         progress=not a.quiet,
     )
     loop_s = time.perf_counter() - tm
@@ -215,7 +216,7 @@ def main() -> None:
         "runs": [],
     }
     for p in a.profiles.split(","):
-        out["runs"].append(run(p.strip(), a, path, tok))
+        out["runs"].append(run(p.strip(), a, path, model, tok))
         write_json(a.json, out)
     print(table(out))
     print(f"\nwrote {a.json}")

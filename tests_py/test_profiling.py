@@ -201,6 +201,28 @@ def test_estimated_choices_are_fisher_cells_and_the_rest_are_measured(
         empas.profile(tiny_model_path, calib_texts, choices=(0, 4), estimate=(0,), **FAST)
 
 
+def test_adaptive_measurement_spends_tokens_on_undecided_cells(tiny_model_path, calib_texts):
+    """target_stderr: cells whose order against the neighbouring bit width is within
+    the noise get more calibration windows (unused ones), up to token_budget; the
+    other cells are the plain profile's exactly, and the tokens per cell are
+    recorded."""
+    kw = dict(choices=(2, 3, 4, 8), n_tokens=512, seq_len=64, batch_size=4, progress=False)
+    plain = empas.profile(tiny_model_path, calib_texts, **kw)
+    ad = empas.profile(tiny_model_path, calib_texts, target_stderr=1e-9, token_budget=2048, **kw)
+    a = ad.meta["source"]["adaptive"]
+    tokens = np.array([[np.nan if t is None else t for t in row] for row in a["tokens"]])
+    refined = tokens > 512
+    assert a["rounds"] >= 1 and a["refined_cells"] == int(refined.sum()) > 0
+    assert np.nanmax(tokens) <= 2048 and np.all(tokens[:, :4] % 512 == 0)
+    same = ~refined[:, :4]
+    np.testing.assert_array_equal(ad.delta[:, :4][same], plain.delta[:, :4][same])
+    assert not np.array_equal(ad.delta[:, :4][~same], plain.delta[:, :4][~same])
+    # fp16 is never refined (it is not on the chain of quantized choices)
+    assert np.all(tokens[:, 4] == 512)
+    with pytest.raises(ValueError, match="target_stderr must be a number > 0"):
+        empas.profile(tiny_model_path, calib_texts, target_stderr=-1.0, **kw)
+
+
 def test_gpt2_conv1d_and_tied_embeddings(tmp_path, calib_texts):
     from transformers import GPT2Config, GPT2LMHeadModel
 

@@ -327,6 +327,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     r.add_argument("--head", action="store_true", help="the LM head as a unit")
     r.add_argument("--no-cache", action="store_true", help="run every experiment from scratch")
     r.add_argument(
+        "--target-stderr",
+        type=float,
+        help="adaptive: measure undecided cells (3- vs 4-bit order within the noise) on more "
+        "unused calibration windows until their stderr is below this",
+    )
+    r.add_argument("--token-budget", type=int, help="adaptive: most tokens one cell may use")
+    r.add_argument(
         "--estimate",
         action="store_true",
         help="also the one-backward-pass Fisher estimate (OUT.fisher.json) and its rank "
@@ -642,6 +649,8 @@ def _cmd_profile(a: argparse.Namespace) -> int:
         embeddings=a.embeddings,
         head=a.head,
         cache=not a.no_cache,
+        target_stderr=a.target_stderr,
+        token_budget=a.token_budget,
     )
     try:
         prof = empas.profile(

@@ -9,7 +9,13 @@ import numpy as np
 
 from ..models.text import encode_stream, texts_from
 
-__all__ = ["DEFAULT_SEQUENCES", "batches", "calibration_tokens", "selection_tokens"]
+__all__ = [
+    "DEFAULT_SEQUENCES",
+    "batches",
+    "calibration_tokens",
+    "extra_windows",
+    "selection_tokens",
+]
 
 DEFAULT_SEQUENCES = 32
 
@@ -51,6 +57,20 @@ def selection_tokens(calibration, tokenizer, calib_meta: dict, n_tokens: int, se
         )
     pick = np.sort(np.random.default_rng([seed, 17]).choice(rest, n_seq, replace=False))
     return _record(windows, pick, seq_len, seed, source)
+
+
+def extra_windows(calibration, tokenizer, seq_len, used, n_seq: int, seed: int, round_: int):
+    """Up to ``n_seq`` windows of ``calibration`` that are none of ``used`` (a
+    [k, seq_len] tensor of windows measured so far), a seeded choice per round; None
+    when no unused window is left (adaptive measurement's next round)."""
+    windows, seq_len, _ = _all_windows(calibration, tokenizer, seq_len)
+    seen = {tuple(r) for r in used.tolist()}
+    rest = np.array([i for i, r in enumerate(windows.tolist()) if tuple(r) not in seen])
+    if rest.size == 0:
+        return None
+    k = min(n_seq, rest.size)
+    pick = np.sort(np.random.default_rng([seed, 29, round_]).choice(rest, k, replace=False))
+    return _record(windows, pick, seq_len, seed, "")[0]
 
 
 def _all_windows(calibration, tokenizer, seq_len):

@@ -21,7 +21,8 @@ class ProfileConfig:
 
     ``choices`` is normalized: sorted, without repeats, with 16 (fp16) added.
     ``estimate``: the choices whose cells are Fisher estimates instead of
-    measurements (a subset of ``choices``, never 0), sorted.
+    measurements (a subset of ``choices``, never 0), sorted. ``target_stderr`` /
+    ``token_budget``: adaptive measurement (see :func:`empas.profile`).
     ``quant`` is the :class:`~empas.QuantConfig` of ``group_size``, ``symmetric``
     and ``clip_search``. Raises ValueError naming the bad setting."""
 
@@ -41,6 +42,8 @@ class ProfileConfig:
     cache: bool = True
     cache_device: str | None = None
     estimate: Sequence[int] = ()
+    target_stderr: float | None = None
+    token_budget: int | None = None
     quant: QuantConfig = field(init=False, repr=False, compare=False)  # from the three above
 
     def __post_init__(self) -> None:
@@ -68,6 +71,18 @@ class ProfileConfig:
             raise ValueError(f"loss must be one of {LOSSES} or a callable, got {self.loss!r}")
         object.__setattr__(self, "choices", _check_choices(self.choices, self.units == "block"))
         object.__setattr__(self, "estimate", _check_estimate(self.estimate, self.choices))
+        if self.target_stderr is not None:
+            v = self.target_stderr
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not v > 0:
+                raise ValueError(f"target_stderr must be a number > 0, got {v!r}")
+            if v != v or v == float("inf"):
+                raise ValueError(f"target_stderr must be finite, got {v!r}")
+            object.__setattr__(self, "target_stderr", float(v))
+        if self.token_budget is not None:
+            v = self.token_budget
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 2:
+                raise ValueError(f"token_budget must be an integer >= 2, got {v!r}")
+            object.__setattr__(self, "token_budget", int(v))
         object.__setattr__(
             self, "quant", QuantConfig(self.group_size, self.symmetric, self.clip_search)
         )

@@ -26,7 +26,7 @@ from ..models.structure import distinct
 from ..quant.apply import Undo, quantize_members
 from ..util.progress import progress_bar
 from ..util.settings import settle
-from .calibration import batches, calibration_tokens
+from .calibration import batches, calibration_tokens, extra_windows
 from .checkpoint import ProfileCheckpoint
 from .config import ProfileConfig
 from .fisher import fisher_deltas, fisher_diagonal
@@ -73,6 +73,7 @@ class Session:
         seq_len = config.seq_len
         if seq_len is not None or not isinstance(calibration, torch.Tensor):
             seq_len = default_seq_len(self.model, seq_len)
+        self._calibration, self._tokenizer, self._seq_len = calibration, tok, seq_len
         windows, self.calib_meta = calibration_tokens(
             calibration, tok, seq_len, config.n_tokens, config.seed
         )
@@ -248,6 +249,15 @@ class Session:
                 estimated[spec.name] = fisher_deltas(self, fisher, spec, cfg.estimate)
             del fisher
         t_est = time.perf_counter() - t_est
+        seqs = {
+            _ekey(spec, bits): np.asarray(ck.done[_ekey(spec, bits)]) - base
+            for spec in self.specs
+            for bits in self.choices
+            if _ekey(spec, bits) in ck.done
+        }
+        adaptive = None
+        if cfg.target_stderr is not None or cfg.token_budget is not None:
+            adaptive = self._refine(seqs, ck, progress)
         total = time.perf_counter() - t0
         delta, stderr = [], []
         for spec in self.specs:
@@ -258,11 +268,11 @@ class Session:
                     drow.append(estimated[spec.name][cfg.estimate.index(bits)])
                     srow.append(None)  # an estimate has no sampling error to report
                     continue
-                if k not in ck.done:
+                if k not in seqs:
                     drow.append(None)
                     srow.append(None)
                     continue
-                d = np.asarray(ck.done[k]) - base
+                d = seqs[k]
                 drow.append(float(d.mean()))
                 srow.append(float(d.std(ddof=1) / math.sqrt(d.size)) if d.size > 1 else 0.0)
             delta.append(drow)
@@ -277,6 +287,8 @@ class Session:
             "cache": bool(cfg.cache),
         }
         extra = {}
+        if adaptive is not None:
+            extra["adaptive"] = adaptive
         if cfg.estimate:
             timings["estimate_s"] = round(t_est, 4)
             extra["estimated"] = {
@@ -285,6 +297,115 @@ class Session:
                 "cells": len(self.specs) * len(cfg.estimate),
             }
         return self.make_profile(float(base.mean()), delta, stderr, self.loss_name, timings, extra)
+
+    def _undecided(self, seqs: dict[str, np.ndarray]) -> list[tuple[int, int]]:
+        """Cells (unit, choice index) whose order against a neighbouring choice of
+        the same unit is within the noise (|Δ_b − Δ_b'| < 2·se of the difference)
+        and whose stderr is above ``target_stderr`` (any, without one)."""
+        cfg = self.config
+        target = cfg.target_stderr or 0.0
+        chain = [c for c in sorted(self.choices) if c not in (0, 16) and c not in cfg.estimate]
+        out = set()
+        for u, spec in enumerate(self.specs):
+            for a, b in zip(chain, chain[1:]):
+                ka, kb = _ekey(spec, a), _ekey(spec, b)
+                if ka not in seqs or kb not in seqs:
+                    continue
+                da, db = seqs[ka], seqs[kb]
+                se = math.sqrt(da.var(ddof=1) / da.size + db.var(ddof=1) / db.size)
+                if abs(da.mean() - db.mean()) < 2 * se:
+                    for bits, d in ((a, da), (b, db)):
+                        if d.std(ddof=1) / math.sqrt(d.size) > target:
+                            out.add((u, self.choices.index(bits)))
+        return sorted(out)
+
+    def _refine(self, seqs: dict[str, np.ndarray], ck, progress: bool) -> dict[str, Any]:
+        """Adaptive measurement: undecided cells are measured again on calibration
+        windows not used so far (as many as the first pass), round after round,
+        until none is left, a cell would pass ``token_budget`` tokens, or the text
+        runs out. The extra rounds reuse the checkpoint (a rerun resumes)."""
+        import torch
+
+        cfg = self.config
+        n0 = sum(int(b.shape[0]) for b in self.batches)
+        seq_len = int(self.batches[0].shape[1])
+        budget = cfg.token_budget or 8 * n0 * seq_len
+        tokens = {k: int(v.size) * seq_len for k, v in seqs.items()}
+        used = [w for b in self.batches for w in b.cpu()]
+        rounds = 0
+        stop = "no undecided cells"
+        while True:
+            todo = [
+                (u, c)
+                for u, c in self._undecided(seqs)
+                if tokens[_ekey(self.specs[u], self.choices[c])] + n0 * seq_len <= budget
+            ]
+            if not todo:
+                if self._undecided(seqs):
+                    stop = f"token_budget ({budget:,} tokens per cell) reached"
+                break
+            w = extra_windows(
+                self._calibration,
+                self._tokenizer,
+                seq_len,
+                torch.stack(used),
+                n0,
+                self.seed,
+                rounds + 1,
+            )
+            if w is None:
+                stop = "the calibration text has no unused windows left"
+                break
+            rounds += 1
+            used.extend(list(w))
+            runner = Runner(
+                self.model,
+                self.blocks,
+                batches(w, cfg.batch_size, self.device),
+                self.loss if callable(self.loss) else self.loss_name,
+                cfg.cache,
+                torch.device(cfg.cache_device) if cfg.cache_device else self.device,
+            )
+            bar = progress_bar(
+                len(todo), f"empas profile: refine {rounds}", "exp", enabled=progress
+            )
+            try:
+                bk = f"baseline#r{rounds}"
+                base = runner.baseline()
+                if bk in ck.done and not np.allclose(ck.done[bk], base, rtol=1e-5, atol=1e-6):
+                    raise FormatError("checkpoint: the refinement baseline differs; delete it")
+                ck.done[bk] = base.tolist()
+                for u, c in todo:
+                    spec, bits = self.specs[u], self.choices[c]
+                    k = _ekey(spec, bits)
+                    rk = f"{k}#r{rounds}"
+                    if rk not in ck.done:
+                        undo = self._change(spec, bits, runner)
+                        try:
+                            losses = runner.run(spec.start)
+                        finally:
+                            undo.restore()
+                        if not np.all(np.isfinite(losses)):
+                            raise ProfileError(
+                                f"the loss is NaN or infinite with unit {spec.name!r} at {bits} bits"
+                            )
+                        ck.done[rk] = losses.tolist()
+                        ck.save()
+                    seqs[k] = np.concatenate([seqs[k], np.asarray(ck.done[rk]) - base])
+                    tokens[k] += int(w.shape[0]) * seq_len
+                    bar.update(1)
+            finally:
+                bar.close()
+                runner.cached.clear()
+                runner.reference.clear()
+        return {
+            "target_stderr": cfg.target_stderr,
+            "token_budget": budget,
+            "rounds": rounds,
+            "stopped": stop,
+            "refined_cells": sum(1 for k in tokens if tokens[k] > n0 * seq_len),
+            "tokens": [[tokens.get(_ekey(spec, b)) for b in self.choices] for spec in self.specs],
+        }
 
 
 def _ekey(spec: UnitSpec, bits: int) -> str:
@@ -314,6 +435,8 @@ def profile(
     cache: bool = True,
     cache_device: str | None = None,
     estimate: Sequence[int] = (),
+    target_stderr: float | None = None,
+    token_budget: int | None = None,
     on_stale: str = "error",
     progress: bool = True,
 ) -> Profile:
@@ -339,7 +462,12 @@ def profile(
     holds them; default the model's device). ``estimate``: choices whose cells are
     the Fisher estimate (one backward pass per batch) instead of a measurement, e.g.
     ``(16,)``: their stderr is null and the profile's ``source.estimated`` says so.
-    ``config``: all these settings as one
+    ``target_stderr`` / ``token_budget``: adaptive measurement: cells whose order
+    against a neighbouring choice of the same unit is within the noise (and whose
+    stderr is above ``target_stderr``) are measured again on calibration windows not
+    used so far, round after round, until none is left or a cell would pass
+    ``token_budget`` tokens (default 8x ``n_tokens``); ``source.adaptive.tokens``
+    records the tokens each cell used. ``config``: all these settings as one
     :class:`~empas.ProfileConfig` instead of keywords.
     """
     given = dict(locals())
