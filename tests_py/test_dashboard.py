@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pandas as pd
@@ -28,8 +27,10 @@ pytest.importorskip("altair")
 
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from empas.dashboard import DashboardError, app_path, launch, load_results  # noqa: E402
+from empas.dashboard import DashboardError, _check_port, app_path, launch, load_results  # noqa: E402
 from empas.dashboard import data as D  # noqa: E402
+
+from .dashboard_util import Dashboard, alive, free_port  # noqa: E402
 
 MEASURED_OFFSET = 0.01  # fixture: "measured" Δloss = predicted Δloss + this (not measured)
 ORIGINAL_LOSS = 2.0  # fixture: held-out loss of the "original" model
@@ -579,9 +580,9 @@ def test_launch_port_in_use(results_dir, no_popen):
 
 def test_launch_bad_results_fail_before_starting(tmp_path, no_popen):
     with pytest.raises(DashboardError, match="results directory not found"):
-        launch(tmp_path / "missing", port=_free_port())
+        launch(tmp_path / "missing", port=free_port())
     with pytest.raises(DashboardError, match="no result.json"):
-        launch(tmp_path, port=_free_port())
+        launch(tmp_path, port=free_port())
 
 
 class _FakeProc:
@@ -593,7 +594,7 @@ class _FakeProc:
             raise KeyboardInterrupt
         return -15 if self.terminated else 0
 
-    def terminate(self):
+    def send_signal(self, signum):
         self.terminated = True
 
     def kill(self):  # pragma: no cover
@@ -604,12 +605,12 @@ def test_launch_command_and_ctrl_c(results_dir, monkeypatch):
     out = results_dir[0]
     procs = []
 
-    def popen(cmd, interrupt=False):
+    def popen(cmd, interrupt=False, **kw):
         procs.append(_FakeProc(cmd, interrupt))
         return procs[-1]
 
     monkeypatch.setattr(subprocess, "Popen", popen)
-    port = _free_port()
+    port = free_port()
     assert launch(out, verify=out / "verify.json", port=port) == 0
     cmd = procs[0].cmd
     assert cmd[:5] == [sys.executable, "-m", "streamlit", "run", str(app_path())]
@@ -626,8 +627,9 @@ def test_launch_command_and_ctrl_c(results_dir, monkeypatch):
         "--server.port": str(port),
         "--server.headless": "true",
         "--browser.gatherUsageStats": "false",
+        "--client.toolbarMode": "minimal",
     }
-    monkeypatch.setattr(subprocess, "Popen", lambda cmd: popen(cmd, interrupt=True))
+    monkeypatch.setattr(subprocess, "Popen", lambda cmd, **kw: popen(cmd, interrupt=True))
     assert launch(out, port=port) == 130 and procs[-1].terminated
 
 
@@ -639,39 +641,56 @@ def test_import_empas_does_not_import_streamlit():
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _assert_port_free(port: int, timeout: float = 10) -> None:
+    """The port can be listened on again (as `empas dashboard` checks it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            _check_port("127.0.0.1", port)
+            return
+        except DashboardError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
-@pytest.mark.slow
-def test_launch_serves_and_stops_on_ctrl_c(results_dir):
-    out = results_dir[0]
-    port = _free_port()
-    code = (
-        "import sys; from empas.dashboard import launch; "
-        f"sys.exit(launch({str(out)!r}, port={port}))"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
-    try:
-        deadline, ok = time.monotonic() + 60, False
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                with urllib.request.urlopen(
-                    f"http://127.0.0.1:{port}/_stcore/health", timeout=2
-                ) as r:
-                    ok = r.status == 200
-                    break
-            except OSError:
-                time.sleep(0.5)
-        assert ok, "the dashboard did not answer its health check"
-        os.kill(proc.pid, signal.SIGINT)  # Ctrl-C: launch stops the server, returns 130
-        assert proc.wait(timeout=30) == 130
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_dashboard_stopped_by_pid_stops_its_server(results_dir, sig):
+    """`kill PID` (SIGTERM) of `empas dashboard`, or SIGINT to that PID alone, stops
+    the Streamlit server too and frees the port; exit code 128 + the signal."""
+    with Dashboard(results_dir[0]) as d:
+        d.wait_healthy()
+        servers = d.server_pids()
+        assert len(servers) == 1, servers
+        os.kill(d.proc.pid, sig)
+        assert d.proc.wait(timeout=30) == 128 + sig
+        assert not alive(servers[0]), "the Streamlit server outlived its launcher"
+        _assert_port_free(d.port, timeout=0)
+
+
+def test_dashboard_server_stops_when_launcher_dies(results_dir):
+    """SIGKILL cannot be passed on: the server still stops (PR_SET_PDEATHSIG)."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the server follows its launcher's death on Linux only")
+    with Dashboard(results_dir[0]) as d:
+        d.wait_healthy()
+        (server,) = d.server_pids()
+        d.proc.kill()
+        d.proc.wait()
+        deadline = time.monotonic() + 30
+        while alive(server) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not alive(server), "the Streamlit server outlived its SIGKILLed launcher"
+        _assert_port_free(d.port)
+
+
+def test_dashboard_exits_when_its_server_does(results_dir):
+    with Dashboard(results_dir[0]) as d:
+        d.wait_healthy()
+        (server,) = d.server_pids()
+        os.kill(server, signal.SIGTERM)
+        d.proc.wait(timeout=30)  # TimeoutExpired: the launcher outlived its server
+        _assert_port_free(d.port, timeout=0)
 
 
 def test_cli_dashboard_bad_input_exits_2(tmp_path, capsys):
