@@ -329,6 +329,8 @@ class SearchResult:
                 "bytes": f.bytes.tolist(),
                 "avg_bits": f.avg_bits.tolist(),
                 "bits": [f.bits(i) for i in range(len(f))],
+                # the third objective of a latency search (read back by load)
+                **({} if f.latency is None else {"latency": f.latency.tolist()}),
             },
             "archetypes": {
                 name: {"index": self.archetype_index[name], "plan": p.to_dict()}
