@@ -1,7 +1,10 @@
-"""A real `empas dashboard` process for the tests (signals, the browser tests)."""
+"""A real `empas dashboard` process for the tests (signals, the browser tests), and a
+verify.json fixture."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import signal
 import socket
@@ -10,6 +13,11 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+
+import empas
+
+MEASURED_OFFSET = 0.01  # fixture: "measured" Δloss = predicted Δloss + this (not measured)
+ORIGINAL_LOSS = 2.0  # fixture: held-out loss of the "original" model
 
 
 def free_port() -> int:
@@ -75,9 +83,15 @@ class Dashboard:
     def server_pids(self) -> list[int]:
         return children(self.proc.pid)
 
+    def signal_stop(self) -> None:
+        """Sends SIGTERM to the launcher (:meth:`stop` then waits)."""
+        self._servers = self.server_pids()
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+
     def stop(self) -> None:
         """Stops the launcher and its server whatever state they are in."""
-        pids = self.server_pids()
+        pids = self.server_pids() or getattr(self, "_servers", [])
         if self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGTERM)
             try:
@@ -96,3 +110,69 @@ class Dashboard:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def verify_row(name: str, kind: str, plan: empas.Plan, prof: empas.Profile) -> dict:
+    pred_delta = plan.predicted_loss - prof.baseline
+    delta = pred_delta + MEASURED_OFFSET
+    return {
+        "name": name,
+        "kind": kind,
+        "loss": ORIGINAL_LOSS + delta,
+        "ppl": math.exp(ORIGINAL_LOSS + delta),
+        "bytes": plan.predicted_bytes,
+        "delta": delta,
+        "avg_bits": plan.predicted_avg_bits,
+        "pred_loss": plan.predicted_loss,
+        "pred_bytes": plan.predicted_bytes,
+        "pred_delta": pred_delta,
+        "error": delta - pred_delta,
+        "bits": plan.bits,
+        "rss_mb": None,
+        "gpu_mb": None,
+    }
+
+
+def write_verify(path: Path, prof: empas.Profile, res: empas.SearchResult) -> dict:
+    """A verify.json in the real ``empas.verify/1`` format whose rows are real plans of
+    ``res``; their *measured* numbers are synthetic (predicted Δloss + MEASURED_OFFSET)."""
+    n = prof.n_units
+    fp16 = prof.plan([16] * n)
+    rows = [
+        {
+            "name": "original",
+            "kind": "original",
+            "loss": ORIGINAL_LOSS,
+            "ppl": math.exp(ORIGINAL_LOSS),
+            "bytes": fp16.predicted_bytes,
+            "delta": 0.0,
+        }
+    ]
+    names = {16: "fp16", 8: "int8", 4: "int4", 2: "int2"}
+    for b in (16, 8, 4, 2):
+        rows.append(verify_row(f"uniform-{names[b]}", "uniform", prof.plan([b] * n), prof))
+    i4 = prof.plan([4] * n)
+    rows.append(verify_row("best_under_int4", "plan", res.best_under(i4.predicted_bytes), prof))
+    for name, p in res.archetypes.items():
+        rows.append(verify_row(name, "plan", p, prof))
+    alternating = prof.plan([2 if u % 2 else 16 for u in range(n)])  # dominated: off the front
+    rows.append(verify_row("random-0", "random", alternating, prof))
+    doc = {
+        "format": "empas.verify/1",
+        "meta": {
+            "model": prof.model_name,
+            "loss": "causal_lm",
+            "eval_tokens": 1000,
+            "eval_source": "synthetic test fixture (not a measurement)",
+            "seq_len": 128,
+            "stride": 64,
+            "mode": "packed",
+            "device": "cpu",
+            "original": {"loss": ORIGINAL_LOSS, "ppl": math.exp(ORIGINAL_LOSS)},
+            "profile_baseline": prof.baseline,
+            "clip_search": False,
+        },
+        "rows": rows,
+    }
+    path.write_text(json.dumps(doc, indent=2))
+    return doc

@@ -31,75 +31,15 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 from empas.dashboard import DashboardError, _check_port, app_path, launch, load_results  # noqa: E402
 from empas.dashboard import data as D  # noqa: E402
 
-from .dashboard_util import Dashboard, alive, free_port  # noqa: E402
+from .dashboard_util import (  # noqa: E402
+    MEASURED_OFFSET,
+    Dashboard,
+    alive,
+    free_port,
+)
+from .dashboard_util import write_verify as _write_verify  # noqa: E402
 
-MEASURED_OFFSET = 0.01  # fixture: "measured" Δloss = predicted Δloss + this (not measured)
-ORIGINAL_LOSS = 2.0  # fixture: held-out loss of the "original" model
 ENV_KEYS = ("EMPAS_DASHBOARD_RESULTS", "EMPAS_DASHBOARD_VERIFY", "EMPAS_DASHBOARD_PROFILE")
-
-
-def _verify_row(name: str, kind: str, plan: empas.Plan, prof: empas.Profile) -> dict:
-    pred_delta = plan.predicted_loss - prof.baseline
-    delta = pred_delta + MEASURED_OFFSET
-    return {
-        "name": name,
-        "kind": kind,
-        "loss": ORIGINAL_LOSS + delta,
-        "ppl": math.exp(ORIGINAL_LOSS + delta),
-        "bytes": plan.predicted_bytes,
-        "delta": delta,
-        "avg_bits": plan.predicted_avg_bits,
-        "pred_loss": plan.predicted_loss,
-        "pred_bytes": plan.predicted_bytes,
-        "pred_delta": pred_delta,
-        "error": delta - pred_delta,
-        "bits": plan.bits,
-        "rss_mb": None,
-        "gpu_mb": None,
-    }
-
-
-def _write_verify(path: Path, prof: empas.Profile, res: empas.SearchResult) -> dict:
-    n = prof.n_units
-    fp16 = prof.plan([16] * n)
-    rows = [
-        {
-            "name": "original",
-            "kind": "original",
-            "loss": ORIGINAL_LOSS,
-            "ppl": math.exp(ORIGINAL_LOSS),
-            "bytes": fp16.predicted_bytes,
-            "delta": 0.0,
-        }
-    ]
-    names = {16: "fp16", 8: "int8", 4: "int4", 2: "int2"}
-    for b in (16, 8, 4, 2):
-        rows.append(_verify_row(f"uniform-{names[b]}", "uniform", prof.plan([b] * n), prof))
-    i4 = prof.plan([4] * n)
-    rows.append(_verify_row("best_under_int4", "plan", res.best_under(i4.predicted_bytes), prof))
-    for name, p in res.archetypes.items():
-        rows.append(_verify_row(name, "plan", p, prof))
-    alternating = prof.plan([2 if u % 2 else 16 for u in range(n)])  # dominated: off the front
-    rows.append(_verify_row("random-0", "random", alternating, prof))
-    doc = {
-        "format": "empas.verify/1",
-        "meta": {
-            "model": prof.model_name,
-            "loss": "causal_lm",
-            "eval_tokens": 1000,
-            "eval_source": "synthetic test fixture (not a measurement)",
-            "seq_len": 128,
-            "stride": 64,
-            "mode": "packed",
-            "device": "cpu",
-            "original": {"loss": ORIGINAL_LOSS, "ppl": math.exp(ORIGINAL_LOSS)},
-            "profile_baseline": prof.baseline,
-            "clip_search": False,
-        },
-        "rows": rows,
-    }
-    path.write_text(json.dumps(doc, indent=2))
-    return doc
 
 
 @pytest.fixture(scope="module")
