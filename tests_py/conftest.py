@@ -27,6 +27,12 @@ def pytest_addoption(parser):
         metavar="PNG",
         help="the browser test of the dashboard also saves the demo page there (docs/)",
     )
+    parser.addoption(
+        "--dashboard-demo",
+        metavar="DIR",
+        help="the browser test's demo directory: a copy of DIR (`empas demo` output) "
+        "instead of the built-in fixture",
+    )
 
 
 def _cuda_available() -> bool:

@@ -117,11 +117,16 @@ KINDS = {
 
 
 @pytest.fixture(scope="module")
-def dashboards(tmp_path_factory):
+def dashboards(tmp_path_factory, request):
     """One `empas dashboard` process per directory, all started at once. The broken
     directory is served with a valid one first (the launcher checks its input) and
-    then broken: the page must say what is wrong."""
-    dirs = {k: make(tmp_path_factory.mktemp(k.replace("-", "_"))) for k, make in KINDS.items()}
+    then broken: the page must say what is wrong. ``--dashboard-demo DIR``: the demo
+    directory is a copy of DIR (a real `empas demo` output)."""
+    dirs = {}
+    for k, make in KINDS.items():
+        out = tmp_path_factory.mktemp(k.replace("-", "_"))
+        given = request.config.getoption("--dashboard-demo") if k == "demo" else None
+        dirs[k] = shutil.copytree(given, out, dirs_exist_ok=True) if given else make(out)
     broken = dirs["broken"]
     shutil.copy(dirs["search-only"] / "result.json", broken / "result.json")
     logs = tmp_path_factory.mktemp("logs")
