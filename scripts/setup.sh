@@ -12,7 +12,8 @@ dev=0
 [ "${1:-}" = "--dev" ] && dev=1
 
 apt_pkgs=(nlohmann-json3-dev ccache)
-[ $dev = 1 ] && apt_pkgs+=(libgtest-dev)
+# chromium: the browser the dashboard's browser tests drive (Playwright, no browser download)
+[ $dev = 1 ] && apt_pkgs+=(libgtest-dev chromium)
 missing=()
 for p in "${apt_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

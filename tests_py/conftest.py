@@ -22,6 +22,17 @@ ARCHETYPES = ("balanced", "max_accuracy", "max_compression")
 def pytest_addoption(parser):
     parser.addoption("--run-slow", action="store_true", help="run tests marked slow")
     parser.addoption("--run-gpu", action="store_true", help="run tests marked gpu (needs CUDA)")
+    parser.addoption(
+        "--dashboard-screenshot",
+        metavar="PNG",
+        help="the browser test of the dashboard also saves the demo page there (docs/)",
+    )
+    parser.addoption(
+        "--dashboard-demo",
+        metavar="DIR",
+        help="the browser test's demo directory: a copy of DIR (`empas demo` output) "
+        "instead of the built-in fixture",
+    )
 
 
 def _cuda_available() -> bool:

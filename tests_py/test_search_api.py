@@ -343,6 +343,19 @@ def test_latency_objective():
     assert res.front.latency is not None and len(res.front.latency) == len(res.front)
 
 
+def test_latency_front_survives_save_and_load(tmp_path):
+    d = empas.synthetic_profile(21, seed=3).to_dict()
+    d["latency"] = [[1.0 + b / 16 for b in d["choices"]] for _ in d["units"]]
+    lat = empas.Profile.from_dict(d)
+    res = empas.search(lat, latency=True, generations=5)
+    res.save(tmp_path)
+    for prof in (None, lat):  # rebuilt from the profile, or from the stored predictions
+        back = empas.SearchResult.load(tmp_path / "result.json", prof)
+        np.testing.assert_array_equal(back.front.latency, res.front.latency)
+    two = empas.search(lat, generations=5)  # 2 objectives: no latency stored
+    assert "latency" not in json.loads(two.to_json())["front"]
+
+
 def test_build_info():
     info = empas.build_info()
     assert info["version"] == empas.__version__

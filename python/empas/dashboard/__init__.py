@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .data import DashboardError, PlanView, Results, best_under, load_results, plan_json
@@ -75,6 +77,9 @@ def command(
         "true" if headless else "false",
         "--browser.gatherUsageStats",
         "false",
+        # no Deploy button nor developer menu: the page is a viewer of EMPAS results
+        "--client.toolbarMode",
+        "minimal",
         *map(str, extra_args),
         "--",
         "--results",
@@ -102,7 +107,10 @@ def launch(
 
     The inputs are read first (:func:`load_results`; :class:`DashboardError` on
     bad input) and the port is checked, so nothing starts on bad input. Returns
-    the server's exit code (130 after Ctrl-C, which stops the server)."""
+    the server's exit code, or 128 + the signal's number when SIGTERM, SIGINT or SIGHUP
+    stopped the launcher (130 after Ctrl-C, 143 after ``kill PID``): the signal is
+    passed on to the server, so stopping the launcher by its PID stops the server
+    too, and the server (on Linux) is stopped when the launcher dies however it dies."""
     load_results(results, verify, profile)
     missing = [m for m in ("streamlit", "altair") if importlib.util.find_spec(m) is None]
     if missing:
@@ -119,14 +127,80 @@ def launch(
         headless=headless,
         extra_args=extra_args,
     )
-    proc = subprocess.Popen(cmd)
+    return _supervise(_start(cmd))
+
+
+# signals that stop the dashboard: passed on to the server, which then exits
+_STOP_SIGNALS = tuple(
+    getattr(signal, n) for n in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, n)
+)
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the server get SIGTERM when the launcher dies (even
+    by SIGKILL, which cannot be passed on): Linux's PR_SET_PDEATHSIG. None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
     try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the launcher died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
+def _start(cmd: list[str]) -> subprocess.Popen:
+    """The server in a process group of its own (a terminal's Ctrl-C reaches the
+    launcher only, which passes it on once), stopped with the launcher if that dies."""
+    return subprocess.Popen(cmd, process_group=0, preexec_fn=_die_with_parent())
+
+
+class _Stop(Exception):
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _supervise(proc: subprocess.Popen, grace: float = 10.0) -> int:
+    """Waits for the server and returns its exit code. SIGTERM, SIGINT and SIGHUP sent
+    to the launcher (``kill PID``, Ctrl-C, a closed terminal) are passed on to the
+    server; the launcher then waits ``grace`` seconds for it to exit (SIGKILL after
+    that) and returns 128 + the signal number (130 after Ctrl-C, 143 after SIGTERM)."""
+    stopping: list[int] = []
+
+    def forward(signum, frame):
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        return 130
+            proc.send_signal(signum)
+        except OSError:  # already gone
+            pass
+        if not stopping:
+            stopping.append(signum)
+            raise _Stop(signum)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {s: signal.signal(s, forward) for s in _STOP_SIGNALS}
+    try:
+        try:
+            return proc.wait()
+        except (_Stop, KeyboardInterrupt) as exc:  # KeyboardInterrupt: no handler set
+            signum = exc.signum if isinstance(exc, _Stop) else int(signal.SIGINT)
+            if not stopping:
+                proc.send_signal(signum)
+            try:
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            return 128 + signum
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)

@@ -95,8 +95,38 @@ def _slug(text: str) -> str:
 # ----------------------------------------------------------------------------
 
 
+def _symlog(v: float) -> float:
+    return math.copysign(math.log1p(abs(v)), v)  # Vega-Lite's symlog, constant 1
+
+
+def _label_layers(points: pd.DataFrame, extent: pd.DataFrame, x, y, log_y: bool) -> list[alt.Chart]:
+    """The names of ``points`` (columns mib, y, name), one text layer per labelled
+    point, placed so that they stay inside the plot spanned by ``extent`` (mib, y):
+    left-aligned near its left edge, right-aligned near its right edge, below the
+    point near its top edge; labels outside the plot would be clipped."""
+    if points.empty:
+        return []
+    pts = points.groupby(["mib", "y"], sort=False, as_index=False)["name"].agg(", ".join)
+    ty = _symlog if log_y else float
+    ex, ey = extent["mib"].astype(float), extent["y"].astype(float).map(ty)
+    x_lo, x_span = float(ex.min()), float(ex.max() - ex.min()) or 1.0
+    y_lo, y_span = float(ey.min()), float(ey.max() - ey.min()) or 1.0
+    layers = []
+    for row in pts.itertuples(index=False):
+        fx, fy = (row.mib - x_lo) / x_span, (ty(row.y) - y_lo) / y_span
+        align, dx = ("left", 7) if fx < 0.3 else ("right", -7) if fx > 0.7 else ("center", 0)
+        baseline, dy = ("top", 9) if fy > 0.8 else ("bottom", -9)
+        layers.append(
+            alt.Chart(pd.DataFrame([row._asdict()]))
+            .mark_text(fontSize=11, align=align, baseline=baseline, dx=dx, dy=dy)
+            .encode(x=x, y=y, text="name:N", color=alt.value("#333"))
+        )
+    return layers
+
+
 def front_chart(res: D.Results, log_y: bool) -> alt.LayerChart:
-    """Predicted front, archetypes, verified (measured) plans and uniform baselines."""
+    """Predicted front, archetypes, verified (measured) plans and uniform baselines; a
+    three-objective front (loss × bytes × latency) is coloured by predicted latency."""
     ytitle = (
         "Δloss (predicted on calibration, measured on held-out)"
         if res.has_delta
@@ -107,35 +137,48 @@ def front_chart(res: D.Results, log_y: bool) -> alt.LayerChart:
     f["series"] = SERIES[0]
     f["measured Δ"] = f["measured_delta"]
     yscale = alt.Scale(type="symlog") if log_y else alt.Scale(zero=False)
+    legend = alt.Legend(title=None, orient="top")
     color = alt.Color(
-        "series:N",
-        scale=alt.Scale(domain=SERIES, range=SERIES_COLORS),
-        legend=alt.Legend(title=None, orient="top"),
+        "series:N", scale=alt.Scale(domain=SERIES, range=SERIES_COLORS), legend=legend
     )
-    shape = alt.Shape("series:N", scale=alt.Scale(domain=SERIES, range=SERIES_SHAPES), legend=None)
+    shape = alt.Shape(
+        "series:N", scale=alt.Scale(domain=SERIES, range=SERIES_SHAPES), legend=legend
+    )
     x = alt.X("mib:Q", title="size (MiB, predicted)", scale=alt.Scale(zero=False))
     y = alt.Y("y:Q", title=ytitle, scale=yscale)
+    tooltip = [
+        alt.Tooltip("index:Q", title="front #"),
+        alt.Tooltip("archetypes:N"),
+        alt.Tooltip("mib:Q", title="MiB", format=".3f"),
+        alt.Tooltip("bytes:Q", format=","),
+        alt.Tooltip("pred_loss:Q", title="pred loss", format=".5f"),
+        alt.Tooltip("pred_delta:Q", title="pred Δloss", format=".5f"),
+        alt.Tooltip("avg_bits:Q", title="avg bits", format=".3f"),
+        alt.Tooltip("verified:N"),
+        alt.Tooltip("measured Δ:Q", format=".5f"),
+        alt.Tooltip("bits_str:N", title="bits"),
+    ]
     base = alt.Chart(f)
-    line = base.mark_line(interpolate="step-after", opacity=0.4).encode(x=x, y=y, color=color)
-    pts = base.mark_point(filled=True, size=35).encode(
-        x=x,
-        y=y,
-        color=color,
-        shape=shape,
-        tooltip=[
-            alt.Tooltip("index:Q", title="front #"),
-            alt.Tooltip("archetypes:N"),
-            alt.Tooltip("mib:Q", title="MiB", format=".3f"),
-            alt.Tooltip("bytes:Q", format=","),
-            alt.Tooltip("pred_loss:Q", title="pred loss", format=".5f"),
-            alt.Tooltip("pred_delta:Q", title="pred Δloss", format=".5f"),
-            alt.Tooltip("avg_bits:Q", title="avg bits", format=".3f"),
-            alt.Tooltip("verified:N"),
-            alt.Tooltip("measured Δ:Q", format=".5f"),
-            alt.Tooltip("bits_str:N", title="bits"),
-        ],
-    )
-    layers = [line, pts]
+    if res.has_latency:  # no step line: the front is a surface, seen from above
+        layers = [
+            base.mark_point(filled=True, size=45).encode(
+                x=x,
+                y=y,
+                color=alt.Color(
+                    "latency:Q",
+                    title="latency (predicted)",
+                    scale=alt.Scale(scheme="viridis", reverse=True),
+                    legend=alt.Legend(orient="right", gradientLength=160),
+                ),
+                tooltip=[alt.Tooltip("latency:Q", title="latency", format=".4g"), *tooltip],
+            )
+        ]
+    else:
+        line = base.mark_line(interpolate="step-after", opacity=0.4).encode(x=x, y=y, color=color)
+        pts = base.mark_point(filled=True, size=35).encode(
+            x=x, y=y, color=color, shape=shape, tooltip=tooltip
+        )
+        layers = [line, pts]
     ov = D.front_overlay(res)
     if not ov.empty:
         ob = alt.Chart(ov)
@@ -154,13 +197,12 @@ def front_chart(res: D.Results, log_y: bool) -> alt.LayerChart:
                 ],
             )
         )
-        arch = ov[ov["series"] == SERIES[1]]
-        layers.append(
-            alt.Chart(arch)
-            .mark_text(dy=-14, fontSize=11)
-            .encode(x=x, y=y, text="name:N", color=alt.value("#333"))
-        )
-    return alt.layer(*layers).properties(height=420).interactive()
+        extent = pd.concat([f[["mib", "y"]], ov[["mib", "y"]]])
+        layers += _label_layers(ov[ov["series"] == SERIES[1]], extent, x, y, log_y)
+    chart = alt.layer(*layers).properties(height=420).interactive()
+    if res.has_latency:
+        chart = chart.resolve_scale(color="independent", shape="independent")
+    return chart
 
 
 def calibration_chart(res: D.Results) -> alt.LayerChart | None:
@@ -189,31 +231,66 @@ def calibration_chart(res: D.Results) -> alt.LayerChart | None:
     return alt.layer(line, pts).properties(height=300).interactive()
 
 
+ROW_PX = 26  # height of one row of the precision map (sub-unit), in pixels
+MIN_TEXT_CELL_PX = 17  # narrower cells show their bits by colour (and tooltip) only
+
+
 def precision_chart(res: D.Results, view: D.PlanView) -> alt.Chart:
-    """Bits per unit: heatmap block × sub-unit when names parse, else bars in unit order."""
+    """Bits per unit: a map block × sub-unit (one row per sub-unit, ``ROW_PX`` high,
+    one column per block) with each cell's bits written in it where it is wide
+    enough; bars in unit order when the unit names do not parse. Colours follow
+    the bit widths in order, and the legend lists every choice."""
     df, layout = D.precision_map(res, view.bits)
+    domain = sorted({*res.choices, *df["bits"]})
     color = alt.Color(
         "bits:O",
-        scale=alt.Scale(domain=res.choices, scheme="redyellowgreen"),
-        legend=alt.Legend(title="bits"),
+        scale=alt.Scale(domain=domain, scheme={"name": "redyellowgreen", "extent": [0.12, 0.88]}),
+        legend=alt.Legend(
+            title="bits",
+            orient="top",
+            direction="horizontal",
+            values=domain,
+            labelExpr="datum.label + '-bit'",
+            symbolType="square",
+            symbolSize=160,
+            labelFontSize=12,
+        ),
     )
     tip = ["unit:N", "bits:Q", "kind:N", alt.Tooltip("params:Q", format=",")]
-    title = f"Bits per unit: {view.label}"
+    title = alt.Title(f"Bits per unit: {view.label}", anchor="start")
     if layout == "heatmap":
         subs = list(dict.fromkeys(df["sub"]))
+        whole = subs == ["block"]
         base = alt.Chart(df).encode(
-            x=alt.X("block:O", title="block"),
-            y=alt.Y("sub:N", sort=subs, title="sub-unit"),
+            x=alt.X(
+                "block:O",
+                title="block",
+                axis=alt.Axis(labelAngle=0, labelOverlap="parity", labelPadding=4),
+            ),
+            y=alt.Y(
+                "sub:N",
+                sort=subs,
+                title=None if whole else "sub-unit",
+                axis=alt.Axis(labelLimit=0, labels=not whole, ticks=not whole),
+            ),
         )
-        chart = base.mark_rect().encode(color=color, tooltip=tip) + base.mark_text(
-            fontSize=10
-        ).encode(text="bits:Q")
-        return chart.properties(title=title, height=max(120, 28 * len(subs)))
+        rect = base.mark_rect(stroke="white", strokeWidth=1).encode(color=color, tooltip=tip)
+        text = base.mark_text(
+            fontSize=10,
+            color="#1a1a1a",
+            opacity=alt.ExprRef(f"bandwidth('x') >= {MIN_TEXT_CELL_PX} ? 1 : 0"),
+        ).encode(text="bits:Q", tooltip=tip)
+        # fit-x, not Streamlit's "fit": the height is ROW_PX per row, axes and legend added
+        return alt.layer(rect, text).properties(
+            title=title,
+            height=alt.Step(ROW_PX),
+            autosize=alt.AutoSizeParams(type="fit-x", contains="padding"),
+        )
     return (
         alt.Chart(df)
         .mark_bar()
         .encode(
-            x=alt.X("unit:N", sort=list(df["unit"]), title="unit"),
+            x=alt.X("unit:N", sort=list(df["unit"]), title="unit", axis=alt.Axis(labelLimit=0)),
             y=alt.Y("bits:Q", title="bits"),
             color=color,
             tooltip=tip,
@@ -264,19 +341,38 @@ def show_plan(res: D.Results, view: D.PlanView, key: str, prefix: str) -> None:
     )
 
 
+def hypervolume_text(res: D.Results) -> str:
+    """The front's hypervolume as a share of the exact front's where known."""
+    if res.hv_vs_exact is not None:
+        if res.exact:
+            return "the exact front"
+        return f"hypervolume {100 * res.hv_vs_exact:.2f}% of the exact front's"
+    if res.hypervolume is None:
+        return ""
+    return f"hypervolume {res.hypervolume:.4g} (no exact front to compare with)"
+
+
 def header(res: D.Results) -> None:
     st.title("EMPAS dashboard")
     n = len(res.front)
-    hv = "" if res.hypervolume is None else f", hypervolume {res.hypervolume:.6g}"
+    objectives = "loss × bytes × latency" if res.has_latency else "loss × bytes"
+    hv = hypervolume_text(res)
     st.markdown(
-        f"**{res.model or 'model ?'}** — {res.method}{' (exact)' if res.exact else ''} search, "
-        f"{n} front plans over {res.n_units} units, choices {res.choices}{hv}"
+        f"**{res.model or 'model ?'}** — {res.method} search ({objectives}), "
+        f"{n} front plans over {res.n_units} units, choices "
+        f"{', '.join(map(str, res.choices))} bits{', ' + hv if hv else ''}",
+        help=f"model: {res.model_path}" if res.model_path else None,
     )
-    lines = [f"result: `{res.result_path}`"]
+    lines = []
+    if res.model_path and res.model_path != res.model:
+        lines.append(f"model: `{res.model_path}`")
+    lines.append(f"result: `{res.result_path}`")
     if res.verify_path is not None:
         lines.append(f"verify: `{res.verify_path}`")
     if res.baseline is not None:
         lines.append(f"baseline {res.baseline:.6g} from {res.baseline_source}")
+    if res.hv_source is not None and not res.exact:
+        lines.append(f"hypervolume vs exact: {res.hv_source}")
     st.caption(" · ".join(lines))
     for w in res.warnings:
         st.warning(w)

@@ -88,6 +88,14 @@ class Results:
     warnings: list[str] = field(default_factory=list)
     search: SearchResult | None = None
     report: VerifyReport | None = None
+    model_path: str = ""  # the identity as recorded (often a cache path); ``model`` is its name
+    hv_vs_exact: float | None = None  # hypervolume / the exact front's (None: unknown)
+    hv_source: str | None = None  # where hv_vs_exact comes from
+
+    @property
+    def has_latency(self) -> bool:
+        """Whether the front has a third objective (predicted latency)."""
+        return "latency" in self.front.columns
 
     @property
     def has_delta(self) -> bool:
@@ -235,6 +243,7 @@ def _front_table(sr: SearchResult, baseline: float | None) -> pd.DataFrame:
             "archetypes": [", ".join(labels.get(i, [])) for i in range(len(f))],
             "bits": bits,
             "bits_str": [" ".join(map(str, b)) for b in bits],
+            **({} if f.latency is None else {"latency": f.latency}),
         }
     )
 
@@ -342,6 +351,61 @@ def _verify_frame(report: VerifyReport, res: Results) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------
+# the model's name, the hypervolume against the exact front
+# ----------------------------------------------------------------------------
+
+_CACHE_KEY = re.compile(r"-[0-9a-f]{12}$")  # empas' cache directories: <name>-<12 hex>
+_GGUF_QUANT = re.compile(r"[.-](?:[QqFf]\d[\w]*|IQ\d\w*|BF16|bf16|fp16|fp32)$")
+
+
+def model_label(identity: str, source: dict[str, Any] | None = None) -> str:
+    """A readable model name for a profile's identity: a Hub id as it is
+    (``TinyLlama/TinyLlama-1.1B-Chat-v1.0``); for a GGUF file converted to a cached
+    model, the file's name without its quantization (``SmolLM2-135M-Instruct``); for
+    another path, its last component without empas' cache key (``tiny-llama``)."""
+    name = str(identity or "").strip()
+    src = source if isinstance(source, dict) else {}
+    file = src.get("file")
+    if src.get("format") == "gguf" and isinstance(file, str) and file:
+        stem = Path(file).name
+        stem = stem[: -len(".gguf")] if stem.lower().endswith(".gguf") else stem
+        return _GGUF_QUANT.sub("", stem) or stem
+    if not name:
+        return ""
+    p = Path(os.path.expanduser(name))
+    if p.is_absolute() or name.startswith(("./", "../", "~")) or p.exists():
+        base = p.name or name
+        return _CACHE_KEY.sub("", base) or base
+    return name
+
+
+def _demo_report(result_path: Path, base: Path, sr: SearchResult) -> tuple[float, Path] | None:
+    """``(hypervolume / the exact front's, report.json)`` from the report ``empas demo``
+    writes beside its search (``front.hypervolume_vs_exact``), when that report is of
+    this result (the same method, number of plans and size range)."""
+    import json
+
+    f = sr.front
+    if not len(f):
+        return None
+    for cand in _candidates(result_path, base, "report.json"):
+        try:
+            doc = json.loads(cand.read_text())
+        except (OSError, ValueError):
+            continue
+        fr = doc.get("front") if isinstance(doc, dict) else None
+        if not isinstance(fr, dict) or doc.get("format") != "empas.demo/1":
+            continue
+        ratio = _opt(fr.get("hypervolume_vs_exact"))
+        same = (
+            fr.get("method") == sr.method
+            and fr.get("plans") == len(f)
+            and fr.get("bytes_min") == int(f.bytes.min())
+            and fr.get("bytes_max") == int(f.bytes.max())
+        )
+        if ratio is not None and same:
+            return ratio, cand
+    return None
 
 
 # ----------------------------------------------------------------------------
@@ -398,10 +462,21 @@ def load_results(
         )
 
     front = _front_table(sr, baseline)
+    identity = sr.model_name or (prof.model_name if prof is not None else "")
+    model_meta = prof.meta.get("model") if prof is not None else None
+    src = model_meta.get("source") if isinstance(model_meta, dict) else None
+    hv_ratio, hv_source = None, None
+    if sr.exact and sr.hypervolume is not None:
+        hv_ratio, hv_source = 1.0, "the result is the exact front"
+    elif (rep := _demo_report(result_path, base, sr)) is not None:
+        hv_ratio, hv_source = rep[0], f"{rep[1]} (front.hypervolume_vs_exact)"
     res = Results(
         result_path=result_path,
         root=base,
-        model=sr.model_name or (prof.model_name if prof is not None else ""),
+        model=model_label(identity, src),
+        model_path=identity,
+        hv_vs_exact=hv_ratio,
+        hv_source=hv_source,
         method=sr.method,
         exact=bool(sr.exact),
         hypervolume=_opt(sr.hypervolume),
@@ -634,8 +709,8 @@ def parse_unit(name: str) -> tuple[int, str] | None:
 
 def precision_map(res: Results, bits: list[int]) -> tuple[pd.DataFrame, str]:
     """Per-unit table (order, unit, bits, block, sub, kind, params) and the layout
-    to draw: ``"heatmap"`` (block × sub-unit) when every name parses into a
-    distinct (block, sub-unit) with at least two sub-units, else ``"bar"``."""
+    to draw: ``"heatmap"`` (block × sub-unit, one row when the units are whole
+    blocks) when every name parses into a distinct (block, sub-unit), else ``"bar"``."""
     parsed = [parse_unit(n) for n in res.units]
     info = res.unit_info
     df = pd.DataFrame(
@@ -652,7 +727,7 @@ def precision_map(res: Results, bits: list[int]) -> tuple[pd.DataFrame, str]:
     layout = "bar"
     if all(parsed):
         pairs = {(b, s) for b, s in parsed}  # type: ignore[misc]
-        if len(pairs) == len(parsed) and len({s for _, s in parsed}) >= 2:  # type: ignore[misc]
+        if len(pairs) == len(parsed):
             layout = "heatmap"
     return df, layout
 

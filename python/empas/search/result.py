@@ -347,6 +347,8 @@ class SearchResult:
                 "avg_bits": f.avg_bits.tolist(),
                 "bits": [f.bits(i) for i in range(len(f))],
                 **({"loss_stderr": f.loss_stderr.tolist()} if f.loss_stderr is not None else {}),
+                # the third objective of a latency search (read back by load)
+                **({} if f.latency is None else {"latency": f.latency.tolist()}),
             },
             "archetypes": {
                 name: {"index": self.archetype_index[name], "plan": p.to_dict()}
