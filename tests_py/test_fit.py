@@ -179,7 +179,6 @@ def test_measured_loop_beats_the_proxy_and_never_loses_to_uniform(seed):
         proxy = empas.search(noisy, method="exact", table="raw").best_under(budget)
         assert got < measure(proxy.bits)  # better than the proxy-only plan
         assert rec.measured["delta"] == pytest.approx(got)
-    assert r.correction["loo_mae_corrected"] < r.correction["loo_mae_proxy"]
 
 
 def test_measured_loop_recovers_a_known_correction_without_noise():
