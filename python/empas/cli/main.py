@@ -517,6 +517,10 @@ def _cmd_search(a: argparse.Namespace) -> int:
             allowed = [int(b) for b in a.bits.split(",")]
         except ValueError:
             raise ValueError(f"--bits expects comma-separated integers, got {a.bits!r}") from None
+    if not a.force:  # refused before the search, not after it ran
+        from empas.search.result import SearchResult
+
+        SearchResult.check_outdir(a.out)
     prof = empas.load_profile(a.profile, negative=a.negative)
     res = empas.search(
         prof,
@@ -766,17 +770,16 @@ def _cmd_export(a: argparse.Namespace) -> int:
 
 
 def _cmd_info(a: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
     import empas
 
     if not a.path.startswith("example:"):
         text = Path(a.path).read_text()
-        try:
-            doc = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{a.path} is not valid JSON: {exc}") from None
+        from empas.errors import FormatError
+        from empas.util.io import loads_json
+
+        doc = loads_json(text, a.path, FormatError)
         if isinstance(doc, dict) and ("config" in doc or doc.get("format") == "empas.plan/1"):
             plan = empas.load_plan(a.path)
             print(plan)

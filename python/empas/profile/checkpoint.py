@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FormatError, StaleCheckpointError
-from ..util.io import atomic_write_text
+from ..util.io import atomic_write_text, loads_json
 
 __all__ = ["CHECKPOINT_FORMAT", "ON_STALE", "ProfileCheckpoint", "StaleCheckpointError"]
 
@@ -39,10 +39,7 @@ class ProfileCheckpoint:
     def load(self) -> None:
         if self.path is None or not self.path.exists():
             return
-        try:
-            doc = json.loads(self.path.read_text())
-        except json.JSONDecodeError as exc:
-            raise FormatError(f"checkpoint {self.path} is not valid JSON: {exc}") from None
+        doc = loads_json(self.path.read_text(), f"checkpoint {self.path}", FormatError)
         if not isinstance(doc, dict) or doc.get("format") != CHECKPOINT_FORMAT:
             raise FormatError(
                 f"{self.path} is not an EMPAS profile checkpoint ({CHECKPOINT_FORMAT})"
