@@ -394,3 +394,153 @@ def test_native_writer_leaves_no_temp_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
     with pytest.raises(ValueError, match="cannot open"):
         core().write_file_atomic(str(tmp_path / "missing" / "x.json"), "abc")
+
+
+# -- plans must cover their profile ---------------------------------------------------
+
+
+def _partial_plan(small_profile_dict):
+    prof = empas.Profile.from_dict(small_profile_dict)
+    plan = empas.search(prof, method="exact").archetypes["balanced"]
+    d = plan.to_dict()
+    assert d["provenance"]["profile"]["n_units"] == 4
+    d["units"] = d["units"][1:]  # a valid plan with one unit removed
+    return prof, plan, empas.Plan.from_dict(d)
+
+
+def test_a_plan_missing_a_unit_is_refused_unless_allowed(small_profile_dict, tmp_path):
+    """A plan with a unit removed exported a checkpoint 1 MB larger than its
+    predicted size, with no warning: the missing unit silently stayed fp16."""
+    from empas.errors import PlanMismatchError
+    from empas.quant.apply import check_coverage
+
+    prof, full, partial = _partial_plan(small_profile_dict)
+    check_coverage(full)
+    with pytest.raises(PlanMismatchError, match="names 3 units but was made from a profile of 4"):
+        check_coverage(partial)
+    with pytest.raises(PlanMismatchError, match="allow_partial"):
+        empas.apply(object(), partial)
+    with pytest.raises(PlanMismatchError, match="names 3 units"):
+        empas.save_quantized(object(), partial, tmp_path / "ck")
+    assert not (tmp_path / "ck").exists()
+    # renamed units are caught by the names' hash
+    d = full.to_dict()
+    d["units"][0]["name"] = "renamed"
+    with pytest.raises(PlanMismatchError, match="unit names differ"):
+        check_coverage(empas.Plan.from_dict(d))
+    # the profile itself refuses it for search/verify
+    with pytest.raises(FormatError, match="b0"):
+        prof.genome(partial)
+    # CLI: exit 2, and --allow-partial lets it through
+    f = tmp_path / "partial.json"
+    partial.save(f)
+    r = _cli("export", str(f), "--format", "plan", "-o", str(tmp_path / "out.json"))
+    assert r.returncode == 2 and "names 3 units" in r.stderr, r.stderr
+    r = _cli("export", str(f), "--format", "plan", "-o", str(tmp_path / "out.json"),
+             "--allow-partial")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+
+
+# -- packed checkpoint manifests --------------------------------------------------------
+
+
+def _fake_checkpoint(tmp_path, **changes):
+    """A checkpoint directory whose manifest is valid up to ``changes``; the
+    weights are a few bytes (the manifest is checked before they are read)."""
+    from empas.util.io import sha256_file
+
+    d = tmp_path / "ck"
+    d.mkdir(exist_ok=True)
+    w = d / "model.safetensors"
+    w.write_bytes(b"\x00" * 64)
+    m = {
+        "format": "empas.quantized/1",
+        "model_class": "LlamaForCausalLM",
+        "plan": {"format": "empas.plan/1", "units": []},
+        "modules": {
+            "model.layers.0.mlp.up_proj": {
+                "kind": "packed", "bits": 4, "group_size": 32, "symmetric": True,
+                "in_features": 64, "out_features": 176, "bias": None,
+            },
+            "model.layers.0.mlp.down_proj": {
+                "kind": "fp16", "in_features": 176, "out_features": 64, "bias": None,
+            },
+        },
+        "dropped_blocks": [],
+        "tied": {},
+        "files": {"model.safetensors": {"bytes": 64, "sha256": sha256_file(w)}},
+    }  # fmt: skip
+    for k, v in changes.items():
+        if v is _DROP:
+            m.pop(k)
+        else:
+            m[k] = v
+    (d / "empas_quantized.json").write_text(json.dumps(m))
+    return d, m
+
+
+_DROP = object()
+_PACKED = {"kind": "packed", "bits": 4, "group_size": 32, "symmetric": True,
+           "in_features": 64, "out_features": 8, "bias": None}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"modules": ["model.layers.0.mlp.up_proj"]}, "modules must be an object"),
+        ({"modules": {"m": {**_PACKED, "bits": None}}}, r"modules\['m'\].bits must be an integer"),
+        ({"modules": {"m": {k: v for k, v in _PACKED.items() if k != "bits"}}}, "missing 'bits'"),
+        ({"modules": {"m": {**_PACKED, "bits": 16}}}, r"bits must be an integer in \[2, 8\]"),
+        ({"modules": {"m": {**_PACKED, "kind": "int4"}}}, "kind must be 'packed' or 'fp16'"),
+        ({"modules": {"m": {**_PACKED, "in_features": -3}}}, "in_features must be an integer"),
+        ({"modules": {"m": {**_PACKED, "symmetric": "yes"}}}, "symmetric must be true or false"),
+        ({"modules": {"m": {**_PACKED, "bias": "int"}}}, "bias must be null or one of"),
+        ({"modules": {"m": 3}}, r"modules\['m'\] must be an object"),
+        ({"files": None}, "files must be an object"),
+        ({"files": {}}, r"files\['model.safetensors'\] must be an object"),
+        ({"files": {"model.safetensors": {"bytes": "64"}}}, "bytes must be an integer"),
+        ({"files": {"model.safetensors": {"sha256": "xyz"}}}, "sha256 must be 64 lowercase hex"),
+        ({"dropped_blocks": "model.layers.1"}, "dropped_blocks must be a list"),
+        ({"dropped_blocks": ["layers"]}, "dropped_blocks must be a list"),
+        ({"tied": ["a", "b"]}, "tied must be an object"),
+        ({"plan": []}, "plan must be an object"),
+        ({"model_class": 3}, "model_class must be a class name"),
+        ({"model_class": "os.system"}, "model_class must be a class name"),
+        ({"modules": _DROP}, "missing field 'modules'"),
+    ],
+)
+def test_malformed_manifests_are_checkpoint_errors(tmp_path, changes, match):
+    """modules as a list, bits missing or files: null raised AttributeError/KeyError."""
+    from empas.errors import CheckpointError
+
+    d, _ = _fake_checkpoint(tmp_path, **changes)
+    with pytest.raises(CheckpointError, match=match):
+        empas.quant.read_manifest(d)
+    with pytest.raises(CheckpointError, match=match):
+        empas.load_quantized(d)
+
+
+def test_a_manifest_without_sha256_is_refused_unless_unverified(tmp_path):
+    """A flipped byte plus a manifest without sha256 loaded garbage weights silently."""
+    from empas.errors import CheckpointError
+
+    d, m = _fake_checkpoint(tmp_path)
+    (d / "model.safetensors").write_bytes(b"\x01" + b"\x00" * 63)  # a flipped byte
+    with pytest.raises(CheckpointError, match="SHA-256 differs"):
+        empas.load_quantized(d)
+    del m["files"]["model.safetensors"]["sha256"]
+    (d / "empas_quantized.json").write_text(json.dumps(m))
+    with pytest.raises(CheckpointError, match="has no sha256.*verify_hash=False"):
+        empas.load_quantized(d)
+    # unverified: the manifest passes, the (fake) weights then fail to load, clearly
+    with pytest.raises(CheckpointError):
+        empas.load_quantized(d, verify_hash=False)
+
+
+def test_deeply_nested_manifest_is_a_checkpoint_error(tmp_path):
+    from empas.errors import CheckpointError
+
+    d, _ = _fake_checkpoint(tmp_path)
+    (d / "empas_quantized.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(CheckpointError, match="nested too deeply"):
+        empas.quant.read_manifest(d)

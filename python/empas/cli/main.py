@@ -375,6 +375,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "block i to PREFIX.<i>.<Llama linears>, e.g. model.layers",
     )
     e.add_argument("--force", action="store_true", help="overwrite the output")
+    e.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="export a plan that names fewer units than the profile it was made from (the "
+        "missing units stay at full precision)",
+    )
 
     sv = subs["serve"] = _sub(
         sub,
@@ -726,13 +732,19 @@ def _cmd_export(a: argparse.Namespace) -> int:
     out = Path(a.out)
     if out.exists() and not a.force:
         raise FileExistsError(f"{out} exists; pass --force to overwrite it")
+    if not a.allow_partial:
+        from empas.quant.apply import check_coverage
+
+        check_coverage(plan)
     if a.format == "packed":
         if not a.model:
             raise ValueError("--format packed needs --model (the model to quantize)")
         from empas.models import load_model
 
         model, tok, _, _ = load_model(_model_arg(a.model), "cpu", None)
-        empas.save_quantized(model, plan, out, tokenizer=tok, force=a.force)
+        empas.save_quantized(
+            model, plan, out, tokenizer=tok, force=a.force, allow_partial=a.allow_partial
+        )
         m = empas.quant.read_manifest(out)
         print(
             f"wrote {out}: {m['tensor_bytes']:,} tensor bytes (plan predicted "
