@@ -51,10 +51,12 @@ def _write(path: Path, doc) -> Path:
 
 
 @pytest.mark.parametrize("threads", [50_000, 100_000])
-def test_huge_thread_counts_do_not_crash_the_cli(tmp_path, small_profile_dict, threads):
-    """libgomp aborted ("Thread creation failed") at 50,000 and segfaulted at 100,000."""
-    prof = _write(tmp_path / "p.json", small_profile_dict)
-    r = _cli("search", str(prof), "-o", str(tmp_path / "out"), "--pop-size", "8",
+def test_huge_thread_counts_do_not_crash_the_cli(tmp_path, threads):
+    """libgomp aborted ("Thread creation failed") at 50,000 and segfaulted at 100,000
+    (with work enough for parallel regions: small populations run serially)."""
+    prof = tmp_path / "p.json"
+    empas.synthetic_profile(200, seed=2).save(prof)
+    r = _cli("search", str(prof), "-o", str(tmp_path / "out"), "--pop-size", "256",
              "--generations", "2", "--threads", str(threads))  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / "out" / "result.json").is_file()
@@ -64,11 +66,11 @@ def test_huge_thread_counts_are_capped_in_the_python_api_and_the_core():
     code = (
         "import empas\n"
         "from empas._native import core\n"
-        "prof = empas.synthetic_profile(14, seed=2)\n"
-        "res = empas.search(prof, pop_size=8, generations=2, threads=100_000)\n"
+        "prof = empas.synthetic_profile(200, seed=2)\n"
+        "res = empas.search(prof, pop_size=256, generations=2, threads=100_000)\n"
         "assert 1 <= res.config.threads <= core().max_threads(), res.config.threads\n"
         "prob = prof.problem(None, None, {}, None, False)\n"
-        "r = core().run_nsga2(prob, pop_size=8, generations=2, threads=100_000)\n"
+        "r = core().run_nsga2(prob, pop_size=256, generations=2, threads=100_000)\n"
         "assert r['generations_run'] == 2\n"
         "print('ok')\n"
     )
