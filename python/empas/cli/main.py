@@ -255,7 +255,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     _comma(s.add_argument("--bits", help="allowed bit widths, comma-separated, e.g. 2,4,8"))
     s.add_argument("--pin", action="append", default=[], metavar="UNIT=BITS", help="fix a unit")
     s.add_argument("--checkpoint", help="checkpoint file (resumes when it exists)")
-    s.add_argument("--resolution", help="exact method: epsilon-grid width, e.g. 1MB")
+    s.add_argument(
+        "--resolution",
+        help="exact method: an epsilon-grid front within this many bytes of the exact one, "
+        "e.g. 1MB",
+    )
     s.add_argument(
         "--negative",
         choices=["error", "clamp", "keep"],
