@@ -115,7 +115,14 @@ def read_json(path: str | os.PathLike, what: str, error: type[Exception] = Value
         raise error(f"{what} not found: {path}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise error(f"{path}: cannot read {what}: {exc}") from None
-    return loads_json(text, f"{path}: {what}", error)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(
+            f"{path}: malformed JSON in {what} ({exc.msg} at line {exc.lineno}, column {exc.colno})"
+        ) from None
+    except RecursionError:
+        raise error(f"{path}: {what} is nested too deeply to be an EMPAS file") from None
 
 
 def loads_json(text: str, what: str, error: type[Exception] = ValueError) -> Any:
