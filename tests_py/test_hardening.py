@@ -546,3 +546,22 @@ def test_deeply_nested_manifest_is_a_checkpoint_error(tmp_path):
     (d / "empas_quantized.json").write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(CheckpointError, match="nested too deeply"):
         empas.quant.read_manifest(d)
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"done": [1, 2]},
+        {"done": {"u@4": "x"}},
+        {"done": {"u@4": [1.0, None]}},
+        {"done": {"u@4": [True]}},
+        {"key": [], "done": {}},
+    ],
+)
+def test_hand_edited_profile_checkpoint_is_a_format_error(tmp_path, doc):
+    from empas.profile.checkpoint import CHECKPOINT_FORMAT, ProfileCheckpoint
+
+    f = tmp_path / "ck.json"
+    f.write_text(json.dumps({"format": CHECKPOINT_FORMAT, "key": {}, **doc}))
+    with pytest.raises(FormatError, match="checkpoint"):
+        ProfileCheckpoint(f, {}).load()

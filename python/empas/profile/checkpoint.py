@@ -6,6 +6,7 @@ atomically after each experiment so that a killed run resumes where it stopped."
 from __future__ import annotations
 
 import json
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,18 @@ class ProfileCheckpoint:
                 f"{self.path} is not an EMPAS profile checkpoint ({CHECKPOINT_FORMAT})"
             )
         old = doc.get("key", {})
+        done = doc.get("done", {})
+        if not isinstance(old, dict) or not isinstance(done, dict):
+            raise FormatError(f"checkpoint {self.path}: 'key' and 'done' must be objects")
+        for name, losses in done.items():
+            if not isinstance(losses, list) or not all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+                for x in losses
+            ):
+                raise FormatError(
+                    f"checkpoint {self.path}: done[{name!r}] must be a list of finite losses "
+                    "(a hand-edited or corrupt checkpoint; delete it to start over)"
+                )
         for k, v in self.key.items():
             if old.get(k) != v:
                 exc = StaleCheckpointError(
@@ -56,7 +69,7 @@ class ProfileCheckpoint:
                 print(f"note: {exc}; starting over", file=sys.stderr)
                 self.done = {}
                 return
-        self.done = {k: list(v) for k, v in doc.get("done", {}).items()}
+        self.done = {k: list(v) for k, v in done.items()}
 
     def save(self) -> None:
         if self.path is None:
