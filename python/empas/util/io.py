@@ -132,7 +132,7 @@ def loads_json(text: str, what: str, error: type[Exception] = ValueError) -> Any
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise error(
-            f"{what}: malformed JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
+            f"{what} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
         ) from None
     except RecursionError:
         raise error(f"{what}: JSON nested too deeply to be an EMPAS file") from None
