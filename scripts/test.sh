@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Sets up everything and runs all the tests: formatting and lint, the C++
 # GoogleTest suites (Release, then AddressSanitizer + UndefinedBehaviorSanitizer),
-# and pytest. Extra arguments go to pytest (e.g. --run-slow, --run-gpu, -k NAME).
+# the libFuzzer targets for a few seconds each (EMPAS_FUZZ_SECONDS=600 for longer
+# runs; scripts/fuzz.sh alone for more options), and pytest. Extra arguments go
+# to pytest (e.g. --run-slow, --run-gpu, -k NAME).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --dev
@@ -25,6 +27,9 @@ cmake -S . -B build/asan -G Ninja -DEMPAS_BUILD_TESTS=ON -DEMPAS_BUILD_PYTHON=OF
 cmake --build build/asan -j "$jobs"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --test-dir build/asan --output-on-failure -j "$jobs"
+
+echo "== C++ fuzzers (libFuzzer + ASan + UBSan, ${EMPAS_FUZZ_SECONDS:-10} s each; skipped without clang)"
+bash scripts/fuzz.sh --seconds "${EMPAS_FUZZ_SECONDS:-10}"
 
 echo "== Python tests"
 set +e

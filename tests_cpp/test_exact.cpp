@@ -149,7 +149,7 @@ TEST(ExactFront, SingleUnitAndSingleChoice) {
 
 TEST(ExactFront, EpsilonGridCoversTheTrueFront) {
   for (uint64_t seed = 0; seed < 6; ++seed) {
-    for (int64_t eps : {int64_t{1}, int64_t{500}, int64_t{2000}, int64_t{20000}}) {
+    for (int64_t eps : {int64_t{1}, int64_t{500}, int64_t{16000}, int64_t{160000}}) {
       for (bool budget : {false, true}) {
         Problem p = test::random_problem(8, {2, 3, 4, 8}, seed + 42);
         if (budget) {
@@ -163,8 +163,18 @@ TEST(ExactFront, EpsilonGridCoversTheTrueFront) {
         EXPECT_EQ(f.eps_bytes, eps);
         ASSERT_GE(f.size(), 1u);
         EXPECT_LE(f.size(), truth.size());
-        if (eps >= 2000) {
+        if (eps >= 16000) {
           EXPECT_LT(f.size(), truth.size()) << what;
+        }
+        // The stated bound is at most what was asked for.
+        EXPECT_LE(f.error_bound_bytes, eps) << what;
+        EXPECT_GE(f.error_bound_bytes, 0) << what;
+        // The extremes survive the grid: the smallest plan always, the
+        // lowest-loss plan when no budget can cut off its cover.
+        EXPECT_EQ(f.bytes.front(), truth.front().bytes) << what;
+        EXPECT_NEAR(f.loss.front(), truth.front().loss, 1e-12) << what;
+        if (!budget) {
+          EXPECT_NEAR(f.loss.back(), truth.back().loss, 1e-12) << what;
         }
         for (size_t i = 0; i < f.size(); ++i) {
           if (i > 0) {
@@ -179,9 +189,9 @@ TEST(ExactFront, EpsilonGridCoversTheTrueFront) {
           }
         }
         // Every true front point is covered by a returned point of no greater
-        // loss and at most n_units x eps more bytes. With a budget, points
+        // loss and at most error_bound_bytes more bytes. With a budget, points
         // whose cover could exceed the budget are exempt.
-        const int64_t slack = p.n_units * eps;
+        const int64_t slack = f.error_bound_bytes;
         for (const Pt& t : truth) {
           if (budget && t.bytes + slack > p.constraints.max_bytes) continue;
           bool covered = false;
@@ -192,6 +202,19 @@ TEST(ExactFront, EpsilonGridCoversTheTrueFront) {
       }
     }
   }
+}
+
+// A grid far coarser than the model (the old semantics collapsed this to one
+// all-fp16 plan): the front still spans from the smallest to the lowest-loss plan.
+TEST(ExactFront, CoarseEpsilonGridKeepsBothExtremes) {
+  const Problem p = test::random_problem(40, {2, 4, 8, 16}, 11);
+  const ExactFront truth = exact_front(p);
+  const ExactFront f = exact_front(p, ExactConfig{2'000'000, p.max_total_bytes()});
+  ASSERT_GE(f.size(), 2u);
+  EXPECT_EQ(f.bytes.front(), p.min_bytes());
+  EXPECT_EQ(f.bytes.front(), truth.bytes.front());
+  EXPECT_NEAR(f.loss.back(), p.best_loss(), 1e-9);
+  EXPECT_LE(f.error_bound_bytes, p.max_total_bytes());
 }
 
 TEST(ExactFront, MaxPointsIsAHardLimitWithAClearError) {

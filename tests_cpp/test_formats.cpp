@@ -533,3 +533,32 @@ TEST(Version, IsPyprojectVersion) {
   EXPECT_EQ(std::string(kVersion), version);
   EXPECT_STREQ(kVersion, EMPAS_VERSION);
 }
+
+// Issue 15: deep nesting is a FormatError before any recursive walk.
+TEST(ParseJson, DeepNestingIsAFormatError) {
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  try {
+    parse_json(deep, "profile");
+    FAIL() << "no error";
+  } catch (const FormatError& e) {
+    EXPECT_NE(std::string(e.what()).find("nested 100000 levels deep"), std::string::npos) << e.what();
+  }
+  // brackets inside strings do not count
+  const std::string text = "{\"a\": \"" + std::string(1000, '[') + "\\\"\"}";
+  EXPECT_NO_THROW(parse_json(text, "x"));
+  EXPECT_NO_THROW(parse_json(std::string(kMaxJsonDepth, '[') + std::string(kMaxJsonDepth, ']'), "x"));
+}
+
+TEST(WriteFileAtomic, ReplacesAndLeavesNoTemp) {
+  const auto dir = std::filesystem::temp_directory_path() / ("empas_wfa_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  const std::string path = (dir / "x.json").string();
+  write_file_atomic(path, "one");
+  write_file_atomic(path, "two");
+  EXPECT_EQ(read_file(path), "two");
+  int n = 0;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) n += e.is_regular_file();
+  EXPECT_EQ(n, 1);
+  EXPECT_THROW(write_file_atomic((dir / "no" / "x.json").string(), "z"), ValueError);
+  std::filesystem::remove_all(dir);
+}

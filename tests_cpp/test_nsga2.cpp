@@ -14,6 +14,7 @@
 #include "empas/formats.hpp"
 #include "empas/hypervolume.hpp"
 #include "empas/nsga2.hpp"
+#include "empas/parallel.hpp"
 #include "empas/pareto.hpp"
 #include "empas/version.hpp"
 #include "helpers.hpp"
@@ -494,4 +495,58 @@ TEST(NSGA2, ConfigValidation) {
   ok.crossover_prob = 0;
   ok.mutation_prob = 0;
   EXPECT_NO_THROW(run_nsga2(p, ok));
+}
+
+// Issue 15: a checkpoint past the requested generations, or hand-edited with a
+// negative generation, is an error (it was silently returned / accepted).
+TEST(NSGA2, CheckpointGenerationIsValidated) {
+  const Problem p = test::random_problem(20, {2, 4, 8}, 5);
+  const std::string ck = temp_path("gens.json");
+  TempDirCleanup cleanup{fs::path(ck).parent_path().string()};
+  NSGA2Config c = config(16, 6, 1);
+  c.checkpoint_path = ck;
+  run_nsga2(p, c);
+  c.generations = 3;
+  try {
+    run_nsga2(p, c);
+    ADD_FAILURE() << "a shorter run resumed from a longer checkpoint";
+  } catch (const ValueError& e) {
+    EXPECT_NE(std::string(e.what()).find("at generation 6, past the 3 generations"), std::string::npos)
+        << e.what();
+  }
+  auto j = parse_json(read_file(ck), "checkpoint");
+  j["generation"] = -5;
+  write_file_atomic(ck, j.dump());
+  c.generations = 10;
+  try {
+    run_nsga2(p, c);
+    ADD_FAILURE() << "generation -5 accepted";
+  } catch (const FormatError& e) {
+    EXPECT_NE(std::string(e.what()).find("generation must be an integer >= 0"), std::string::npos)
+        << e.what();
+  }
+}
+
+// Issue 15: threads are capped before OpenMP sees them, and the result does not
+// depend on the count.
+TEST(NSGA2, HugeThreadCountsAreCappedAndDeterministic) {
+  EXPECT_GE(max_threads(), 1);
+  EXPECT_EQ(resolve_threads(100000), max_threads());
+  EXPECT_EQ(resolve_threads(1), 1);
+  const Problem p = test::random_problem(100, {2, 4, 8}, 9);
+  const NSGA2Result a = run_nsga2(p, config(256, 3, 4));
+  NSGA2Config c = config(256, 3, 4);
+  c.threads = 100000;
+  expect_same_result(run_nsga2(p, c), a);
+}
+
+TEST(NSGA2, PopulationTimesUnitsIsRefusedUpFront) {
+  EXPECT_GT(nsga2_memory_estimate(1000, 2000, 2), nsga2_memory_estimate(1000, 1000, 2));
+  EXPECT_GE(nsga2_memory_estimate(1000, 1000, 2), int64_t{16} * 1000 * 1000);
+  try {
+    check_memory(1000000, 1000000, 2);  // ~16 TB
+    ADD_FAILURE() << "no error";
+  } catch (const ValueError& e) {
+    EXPECT_NE(std::string(e.what()).find("GiB"), std::string::npos) << e.what();
+  }
 }

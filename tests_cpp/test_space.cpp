@@ -364,3 +364,36 @@ TEST(Problem, DisallowedCellsAreIgnored) {
         EXPECT_THROW(p.check_genome(g), ValueError);
     }
 }
+
+// Issue 15: byte counts past int64 are errors naming the unit, never wrapped.
+TEST(UnitBytes, OverflowIsAnErrorNamingTheUnit) {
+  Quantizer q;
+  Unit u;
+  u.name = "huge";
+  u.params = int64_t{1} << 62;
+  expect_error<ValueError>([&] { unit_bytes(u, 2, q); }, "unit 'huge'");
+  expect_error<ValueError>([&] { unit_bytes(u, 16, q); }, "overflows a 64-bit byte count");
+  EXPECT_EQ(unit_bytes(u, 0, q), 0);
+  u.params = int64_t{1} << 62;
+  u.shapes = {{int64_t{1} << 31, int64_t{1} << 31}};
+  expect_error<ValueError>([&] { unit_bytes(u, 4, q); }, "unit 'huge'");
+  u.params = INT64_MAX;
+  u.shapes.clear();
+  q.bytes_model = "params_bits";
+  expect_error<ValueError>([&] { unit_bytes(u, 8, q); }, "overflows");
+}
+
+TEST(Problem, TotalsPastInt64AndNonFiniteLossSumsAreErrors) {
+  Problem p = test::random_problem(4, {2, 4, 8}, 3);
+  p.fixed_bytes = INT64_MAX - 10;
+  expect_error<ValueError>([&] { p.finalize(); }, "overflows a 64-bit byte count");
+  p = test::random_problem(4, {2, 4, 8}, 3);
+  p.bytes[0] = -5;
+  expect_error<ValueError>([&] { p.finalize(); }, "unit 0 has negative bytes (-5) at 2 bits");
+  p = test::random_problem(4, {2, 4, 8}, 3, false);
+  for (int c = 0; c < 3; ++c) p.delta[c] = p.delta[3 + c] = 1e308;
+  expect_error<ValueError>([&] { p.finalize(); }, "not a finite number");
+  p = test::random_problem(4, {2, 4, 8}, 3, false);
+  p.base_loss = 1.7e308;
+  expect_error<ValueError>([&] { p.finalize(); }, "vanish");
+}

@@ -309,8 +309,15 @@ def test_exact_front_too_large_is_a_clear_error():
     prof = empas.synthetic_profile(60, seed=1)
     with pytest.raises(ValueError, match="max_points"):
         empas.search(prof, method="exact", max_points=10)
-    res = empas.search(prof, method="exact", max_points=10_000, resolution="1MB")
-    assert not res.exact and len(res.front) > 0
+    # the option the error recommends: a front within its stated bound of the exact one
+    res = empas.search(prof, method="exact", max_points=10_000, resolution="10MB")
+    exact = empas.search(prof, method="exact")
+    bound = res.extra["error_bound_bytes"]
+    assert not res.exact and 0 < bound <= 10**7 and 1 < len(res.front) < len(exact.front)
+    assert res.front.bytes[0] == exact.front.bytes[0]  # the smallest plan
+    assert res.front.loss[-1] == pytest.approx(exact.front.loss[-1], rel=1e-12)  # the best
+    for b, loss in zip(exact.front.bytes, exact.front.loss):
+        assert np.any((res.front.loss <= loss + 1e-12) & (res.front.bytes <= b + bound))
 
 
 # -- sizes ----------------------------------------------------------------------------

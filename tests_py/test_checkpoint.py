@@ -255,3 +255,21 @@ def test_packed_on_cuda_matches_cpu(tiny_model_path, mixed):
     with torch.no_grad():
         lg = gpu(input_ids=IDS.cuda()).logits.cpu()
     torch.testing.assert_close(lg, _logits(cpu), atol=1e-3, rtol=1e-3)
+
+
+def test_plan_missing_a_unit_is_refused_then_allowed(tiny_model_path, tiny_profile, tmp_path):
+    """A plan with one unit removed exported a checkpoint larger than its predicted
+    bytes, with no warning (the missing block silently stayed full precision)."""
+    plan = empas.search(tiny_profile, method="exact").archetypes["balanced"]
+    d = plan.to_dict()
+    d["units"] = d["units"][1:]
+    partial = empas.Plan.from_dict(d)
+    model = _load(tiny_model_path)
+    with pytest.raises(empas.PlanMismatchError, match="names 3 units but was made from .* of 4"):
+        empas.save_quantized(model, partial, tmp_path / "ck")
+    assert not (tmp_path / "ck").exists()
+    with pytest.raises(empas.PlanMismatchError, match="allow_partial"):
+        empas.apply(model, partial, mode="packed")
+    empas.save_quantized(model, partial, tmp_path / "ck", allow_partial=True)
+    m = empas.quant.read_manifest(tmp_path / "ck")
+    assert m["tensor_bytes"] > partial.predicted_bytes  # what the check guards against

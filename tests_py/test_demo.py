@@ -67,7 +67,14 @@ def test_demo_writes_every_stage_and_a_report(demo_run, capsys):
     ckpt = empas.quant.read_manifest(ex / "packed-balanced")
     assert ckpt["tensor_bytes"] == bal.predicted_bytes
     model = empas.load_quantized(ex / "packed-balanced")
-    assert model is not None
+    # it is the balanced plan, packed: its weights take the plan's bytes and it runs
+    assert model.empas_plan.bits == bal.bits
+    assert empas.quant.weight_bytes(model) == bal.predicted_bytes
+    import torch
+
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([[1, 2, 3, 4]])).logits
+    assert logits.shape[:2] == (1, 4) and bool(torch.isfinite(logits).all())
     assert (ex / "balanced.tensor-types.txt").read_text().strip()
     assert json.loads((ex / "balanced.gptqmodel.json").read_text())
     assert json.loads((ex / "balanced.hqq.json").read_text())

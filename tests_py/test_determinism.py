@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -58,9 +62,33 @@ def test_different_seeds_differ(big):
 
 
 def test_exact_is_deterministic_across_threads():
+    """The same front for 1 thread, every core, and a count past the cores (capped),
+    in this process and in a fresh one limited to one OpenMP thread."""
+    from empas.search.config import available_cores
+
     prof = empas.synthetic_profile(40, seed=3)
-    a, b = empas.search(prof, method="exact"), empas.search(prof, method="exact")
-    assert _front(a) == _front(b)
+    runs = {
+        t: empas.search(prof, method="exact", threads=t) for t in (1, 2, available_cores(), 4096)
+    }
+    assert {r.config.threads for r in runs.values()} == {
+        1,
+        min(2, available_cores()),
+        available_cores(),
+    }
+    fronts = [_front(r) for r in runs.values()]
+    assert all(f == fronts[0] for f in fronts) and len(fronts[0][0]) > 10
+    code = (
+        "import empas, json\n"
+        "r = empas.search(empas.synthetic_profile(40, seed=3), method='exact', threads=1)\n"
+        "print(json.dumps([list(map(int, r.front.bits(i))) for i in range(len(r.front))]))\n"
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = str(Path(empas.__file__).resolve().parents[1])
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert [tuple(b) for b in json.loads(done.stdout)] == fronts[0][0]
 
 
 def test_checkpoint_resume_equals_uninterrupted(tmp_path, big):

@@ -51,9 +51,22 @@ def test_missing_native_build_is_actionable(monkeypatch):
     assert calls == ["empas._core"]
 
 
-def test_native_cache_is_restored_after_the_simulation():
-    # Runs after the test above: monkeypatch restored the loaded module.
-    assert _native.core() is _native._core is not None
+def test_native_cache_is_restored_after_the_simulation(monkeypatch):
+    """Self-contained (no reliance on test order): simulate the failure, undo it,
+    and the real module is back and used."""
+    loaded = _native.core()
+    with monkeypatch.context() as m:
+        m.setattr(_native, "_core", None)
+        m.setattr(_native, "_error", None)
+        m.setattr(
+            _native.importlib,
+            "import_module",
+            lambda name, *a: (_ for _ in ()).throw(ImportError("simulated")),
+        )
+        with pytest.raises(empas.NativeBuildError, match="simulated"):
+            _native.core()
+    assert _native._core is loaded and _native._error is None
+    assert _native.core() is loaded
     assert empas.load_profile("example:tinyllama").n_units == 22
 
 

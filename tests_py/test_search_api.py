@@ -339,8 +339,18 @@ def test_latency_objective():
     d["latency"] = [[1.0 + b / 16 for b in d["choices"]] for _ in d["units"]]
     lat = empas.Profile.from_dict(d)
     res = empas.search(lat, latency=True, generations=10)
-    assert all(p.predicted_latency is not None for p in res.front)
     assert res.front.latency is not None and len(res.front.latency) == len(res.front)
+    # each plan's latency is the sum of the table at its bits
+    for i, p in enumerate(res.front):
+        expect = sum(1.0 + b / 16 for b in p.bits)
+        assert p.predicted_latency == pytest.approx(expect, rel=1e-12)
+        assert res.front.latency[i] == pytest.approx(expect, rel=1e-12)
+    # latency is a real third objective: the front trades it off (not one value),
+    # and no front plan dominates another in (loss, bytes, latency)
+    assert len(set(np.round(res.front.latency, 9))) > 1
+    pts = np.column_stack([res.front.loss, res.front.bytes, res.front.latency])
+    for a in pts:
+        assert not any(np.all(b <= a) and np.any(b < a) for b in pts)
 
 
 def test_latency_front_survives_save_and_load(tmp_path):

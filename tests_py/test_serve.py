@@ -474,6 +474,53 @@ def test_http_bad_requests(live, body, status, match):
     assert re.search(match, json.dumps(r.json()["detail"])), r.json()
 
 
+@pytest.mark.parametrize(
+    ("raw", "match"),
+    [
+        ('{"prompt": "hi", "temperature": NaN}', "temperature"),
+        ('{"prompt": "hi", "temperature": Infinity}', "temperature"),
+        ('{"prompt": "hi", "temperature": -Infinity}', "temperature"),
+        ('{"prompt": "hi", "top_p": NaN}', "top_p"),
+        ('{"prompt": "hi", "top_p": Infinity}', "top_p"),
+        ('{"prompt": "\\ud800 lone"}', "string_unicode"),
+        ('{"prompt": "ok \\udfff"}', "string_unicode"),
+    ],
+)
+def test_http_non_finite_numbers_and_lone_surrogates_are_422(live, raw, match):
+    """NaN/Infinity literals gave a 500 (the 422 body could not be encoded), as did
+    a lone surrogate in the prompt; the server stays healthy."""
+    _, c = live
+    r = c.post("/generate", content=raw.encode(), headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert re.search(match, r.text), r.text
+    assert c.get("/health").json()["status"] == "ok"
+
+
+def test_direct_lone_surrogate_and_non_finite_are_request_errors(server):
+    for kw, match in [
+        ({"prompt": "a \ud800 b"}, "lone surrogate at character 2"),
+        ({"prompt": PROMPT, "temperature": float("nan")}, "temperature"),
+        ({"prompt": PROMPT, "temperature": float("inf")}, "temperature"),
+        ({"prompt": PROMPT, "top_p": float("nan")}, "top_p"),
+    ]:
+        with pytest.raises(RequestError, match=match) as info:
+            server.generate(**kw)
+        assert info.value.status == 422
+
+
+def test_http_tiny_temperature_samples_the_argmax(live):
+    """temperature 1e-300 sent inf/NaN into multinomial (500); it is the greedy
+    limit: the same text as temperature 0."""
+    _, c = live
+    base = {"prompt": PROMPT, "max_new_tokens": 6, "seed": 1}
+    greedy = c.post("/generate", json={**base, "temperature": 0.0})
+    tiny = c.post("/generate", json={**base, "temperature": 1e-300})
+    assert greedy.status_code == 200 and tiny.status_code == 200, tiny.text
+    assert tiny.json()["text"] == greedy.json()["text"]
+    tiny_p = c.post("/generate", json={**base, "temperature": 1e-300, "top_p": 0.5})
+    assert tiny_p.status_code == 200 and tiny_p.json()["text"] == greedy.json()["text"]
+
+
 def test_http_oversized_body_is_413_before_parsing(live, server):
     """A body over max_body_bytes gets 413, by Content-Length or while a chunked
     body streams in; the server keeps answering."""
@@ -617,3 +664,38 @@ def test_cli_serve_as_a_subprocess(tiny_model_path, int4_plan_file, tmp_path):
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
     assert "serving on http://127.0.0.1:" in out
+
+
+# -- schemathesis: every request the OpenAPI schema allows ---------------------------
+
+schemathesis = pytest.importorskip("schemathesis")
+from hypothesis import settings as hyp_settings  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def api_schema(server):
+    from empas.serve.server import create_app
+
+    return schemathesis.openapi.from_asgi("/openapi.json", create_app(server))
+
+
+api = schemathesis.pytest.from_fixture("api_schema")
+
+
+@api.parametrize()
+@hyp_settings(max_examples=40, deadline=None)
+def test_schemathesis_requests_never_get_a_5xx(case):
+    """Generated from GET /openapi.json (valid and invalid bodies, types, edge
+    numbers, strings): every request is answered 2xx/4xx, never 5xx."""
+    r = case.call()
+    assert r.status_code < 500, (case.method, case.path, case.body, r.status_code, r.text[:500])
+
+
+def test_server_healthy_after_schemathesis(api_schema, server):
+    from fastapi.testclient import TestClient
+
+    from empas.serve.server import create_app
+
+    with TestClient(create_app(server)) as c:
+        assert c.get("/health").json()["status"] == "ok"
+        assert c.post("/generate", json={"prompt": PROMPT, "max_new_tokens": 2}).status_code == 200

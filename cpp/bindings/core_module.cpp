@@ -408,6 +408,11 @@ PYBIND11_MODULE(_core, m) {
       py::arg("sampling") = "stratified", py::arg("mutation") = "neighbor",
       "NSGA-II over the proxy. Returns final population, front indices and history.");
 
+  m.def("nsga2_memory_estimate", &nsga2_memory_estimate, py::arg("pop_size"), py::arg("n_units"),
+        py::arg("n_objectives") = 2, "Estimated peak bytes of run_nsga2 (checked before it allocates).");
+  m.def("memory_limit_bytes", &memory_limit_bytes, "The most bytes a search may take (half of RAM).");
+  m.def("max_threads", &max_threads, "The cap on threads: the processors this process may use.");
+
   m.def(
       "exact_front",
       [](const Problem& p, int64_t max_points, int64_t eps_bytes) {
@@ -423,6 +428,7 @@ PYBIND11_MODULE(_core, m) {
         d["bytes"] = to_array(f.bytes, {P});
         d["exact"] = f.exact;
         d["eps_bytes"] = f.eps_bytes;
+        d["error_bound_bytes"] = f.error_bound_bytes;
         d["peak_states"] = f.peak_states;
         return d;
       },

@@ -19,6 +19,10 @@ ExactFront exact_front(const Problem& p, const ExactConfig& cfg) {
   if (cfg.max_points < 1) throw ValueError("max_points must be >= 1");
   if (cfg.eps_bytes < 0) throw ValueError("eps_bytes must be >= 0");
   const int n = p.n_units;
+  // The epsilon-grid: eps_bytes bounds the error of the final front, so each
+  // of the n merge steps may move a point by at most eps_bytes / n bytes.
+  const int64_t width = cfg.eps_bytes > 0 ? std::max<int64_t>(1, cfg.eps_bytes / n) : 0;
+  int merged_steps = 0;  // steps at which the grid dropped a state
   const int64_t total_limit = cfg.max_points * 64;
   // Smallest bytes still to come after unit u, for budget pruning.
   std::vector<int64_t> min_rest(n + 1, 0);
@@ -45,6 +49,7 @@ ExactFront exact_front(const Problem& p, const ExactConfig& cfg) {
     auto& par = parent[u];
     auto& chs = choice[u];
     double best = std::numeric_limits<double>::infinity();
+    bool merged = false;
     while (true) {
       // k-way merge by (bytes, loss, choice order).
       int pick = -1;
@@ -65,8 +70,12 @@ ExactFront exact_front(const Problem& p, const ExactConfig& cfg) {
       if (pb + min_rest[u + 1] > budget) continue;
       if (!(pl < best)) continue;  // dominated (or equal) by a smaller state
       best = pl;
-      if (cfg.eps_bytes > 0 && !nbytes.empty() && pb / cfg.eps_bytes == nbytes.back() / cfg.eps_bytes) {
-        // Same bucket: the newer state has lower loss; it replaces the older.
+      if (width > 0 && nbytes.size() > 1 && pb / width == nbytes.back() / width) {
+        // Same bucket: the newer state has lower loss; it replaces the older,
+        // which is at most `width` bytes smaller. The first state (the
+        // smallest) is never replaced and the last one kept has the lowest
+        // loss, so the front keeps both extremes.
+        merged = true;
         nbytes.back() = pb;
         nloss.back() = pl;
         par.back() = static_cast<int32_t>(from);
@@ -81,12 +90,14 @@ ExactFront exact_front(const Problem& p, const ExactConfig& cfg) {
           stored + static_cast<int64_t>(nbytes.size()) > total_limit)
         throw ValueError("the exact front grows past max_points=" + std::to_string(cfg.max_points) +
                          " states (at unit " + std::to_string(u) + " of " + std::to_string(n) +
-                         "); pass eps_bytes (resolution) for an epsilon-grid front, raise "
-                         "max_points, or use method='nsga2'");
+                         "); pass eps_bytes (resolution: the largest byte error you accept, e.g. 0.1% of "
+                         "the model's size) for an epsilon-grid front, raise max_points, or use "
+                         "method='nsga2'");
     }
     if (nbytes.empty())
       throw InfeasibleError("no plan fits the memory budget of " + std::to_string(p.constraints.max_bytes) +
                             " bytes");
+    merged_steps += merged;
     stored += static_cast<int64_t>(nbytes.size());
     peak = std::max<int64_t>(peak, static_cast<int64_t>(nbytes.size()));
     bytes.swap(nbytes);
@@ -99,6 +110,7 @@ ExactFront exact_front(const Problem& p, const ExactConfig& cfg) {
   f.n_units = n;
   f.exact = cfg.eps_bytes == 0;
   f.eps_bytes = cfg.eps_bytes;
+  f.error_bound_bytes = width * merged_steps;
   f.peak_states = peak;
   const size_t P = bytes.size();
   f.genomes.resize(P * n);

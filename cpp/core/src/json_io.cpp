@@ -2,13 +2,17 @@
 // empas/json_io.hpp) and the helpers the file formats share (json_util.hpp).
 #include "empas/json_io.hpp"
 
+#include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cctype>
+#include <cerrno>
 #include <climits>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 
@@ -160,7 +164,37 @@ using json = nlohmann::json;
 using json_util::fail;
 
 // ---------------------------------------------------------------- I/O utils
+namespace {
+// Deepest nesting of arrays/objects outside strings. The formats need a
+// handful of levels; a file nested thousands deep is hostile or broken, and
+// would exhaust the stack of anything that walks it recursively.
+size_t nesting_depth(const std::string& text) {
+  size_t depth = 0, deepest = 0;
+  bool in_string = false, escaped = false;
+  for (const char ch : text) {
+    if (in_string) {
+      if (escaped)
+        escaped = false;
+      else if (ch == '\\')
+        escaped = true;
+      else if (ch == '"')
+        in_string = false;
+    } else if (ch == '"') {
+      in_string = true;
+    } else if (ch == '[' || ch == '{') {
+      deepest = std::max(deepest, ++depth);
+    } else if ((ch == ']' || ch == '}') && depth > 0) {
+      --depth;
+    }
+  }
+  return deepest;
+}
+}  // namespace
+
 json parse_json(const std::string& text, const std::string& what) {
+  if (const size_t d = nesting_depth(text); d > kMaxJsonDepth)
+    fail(what + ": JSON nested " + std::to_string(d) + " levels deep, more than the " +
+         std::to_string(kMaxJsonDepth) + " allowed");
   try {
     return json::parse(text);
   } catch (const json::out_of_range& e) {
@@ -184,20 +218,42 @@ std::string read_file(const std::string& path) {
 }
 
 void write_file_atomic(const std::string& path, const std::string& text) {
+  // A temp file in the same directory, written and fsync'ed, then renamed over
+  // the target and the directory fsync'ed: after a crash or power loss the
+  // path holds either the old or the new contents, never a torn file.
   const std::string tmp = path + ".tmp." + std::to_string(static_cast<long>(::getpid()));
-  {
-    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-    if (!f) throw ValueError("cannot open '" + tmp + "' for writing");
-    f << text;
-    f.flush();
-    if (!f) {
-      std::remove(tmp.c_str());
-      throw ValueError("failed writing '" + tmp + "'");
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) throw ValueError("cannot open '" + tmp + "' for writing: " + std::strerror(errno));
+  const char* p = text.data();
+  size_t left = text.size();
+  bool ok = true;
+  while (ok && left > 0) {
+    const ssize_t w = ::write(fd, p, left);
+    if (w < 0 && errno == EINTR) continue;
+    ok = w > 0;
+    if (ok) {
+      p += w;
+      left -= static_cast<size_t>(w);
     }
   }
+  const int err = errno;
+  ok = ok && ::fsync(fd) == 0;
+  ok = (::close(fd) == 0) && ok;
+  if (!ok) {
+    ::unlink(tmp.c_str());
+    throw ValueError("failed writing '" + tmp + "': " + std::strerror(err ? err : errno));
+  }
   if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    throw ValueError("cannot move '" + tmp + "' to '" + path + "'");
+    const int e = errno;
+    ::unlink(tmp.c_str());
+    throw ValueError("cannot move '" + tmp + "' to '" + path + "': " + std::strerror(e));
+  }
+  const size_t slash = path.find_last_of('/');
+  const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
+  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    ::fsync(dfd);  // best effort: some filesystems refuse fsync on a directory
+    ::close(dfd);
   }
 }
 

@@ -1,12 +1,16 @@
 #include "empas/nsga2.hpp"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
+#include <climits>
 #include <cmath>
 #include <cstring>
 #include <fstream>
 #include <limits>
 #include <numeric>
+#include <sstream>
 #include <string_view>
 #include <unordered_set>
 
@@ -348,6 +352,38 @@ void initialize(const Problem& p, const NSGA2Config& c, const Ladder& L, Populat
 
 }  // namespace
 
+int64_t nsga2_memory_estimate(int pop_size, int n_units, int n_objectives) {
+  // Genes, 1 byte each: population, merged parents + children, the children's
+  // buffer, the result's copy and the caller's copy of the final population
+  // (6 x N x n); then the caller's front as int64 genomes (up to 8 x N x n,
+  // e.g. empas.search's Front), rounded up to 16 bytes per gene. Per member:
+  // objectives, violation, rank, crowding, hash (x 3 for the merged population).
+  const double N = pop_size, n = n_units;
+  const double genes = 16.0 * N * n;
+  const double members = 3.0 * N * (8.0 * n_objectives + 8 + 4 + 8 + 8 + 16);
+  const double total = genes + members;
+  return total >= 0x1p62 ? (int64_t{1} << 62) : static_cast<int64_t>(total);
+}
+
+int64_t memory_limit_bytes() {
+  // Half of the physical memory: the search must leave room for the rest.
+  const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGESIZE);
+  if (pages <= 0 || page <= 0) return int64_t{8} << 30;
+  return static_cast<int64_t>(pages) * page / 2;
+}
+
+void check_memory(int pop_size, int n_units, int n_objectives) {
+  const int64_t need = nsga2_memory_estimate(pop_size, n_units, n_objectives), limit = memory_limit_bytes();
+  if (need > limit) {
+    std::ostringstream m;
+    m.precision(3);
+    m << "pop_size " << pop_size << " x " << n_units << " units needs about " << need / 1073741824.0
+      << " GiB for the search, more than the " << limit / 1073741824.0
+      << " GiB limit (half of this machine's memory); lower pop_size";
+    throw ValueError(m.str());
+  }
+}
+
 void NSGA2Config::validate() const {
   if (pop_size < 4) throw ValueError("pop_size must be at least 4, got " + std::to_string(pop_size));
   if (pop_size > 1'000'000) throw ValueError("pop_size is too large (max 1,000,000)");
@@ -387,6 +423,7 @@ NSGA2Result run_nsga2(const Problem& p, const NSGA2Config& c, const ProgressFn& 
   const auto t0 = std::chrono::steady_clock::now();
   auto elapsed = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); };
   const int n = p.n_units, N = c.pop_size, m = p.n_objectives();
+  check_memory(N, n, m);
   const double pm = c.mutation_prob < 0 ? 1.0 / n : c.mutation_prob;
   const nlohmann::json identity = run_identity(p, c);
 
@@ -414,8 +451,20 @@ NSGA2Result run_nsga2(const Problem& p, const NSGA2Config& c, const ProgressFn& 
           throw FormatError("checkpoint " + c.checkpoint_path +
                             " belongs to another search (different profile, constraints, seed or "
                             "settings); delete it or choose another path");
-        gen0 = j.at("generation").get<int>();
-        evals = j.at("evaluations").get<int64_t>();
+        const auto& jg = j.at("generation");
+        if (!jg.is_number_integer() || jg.get<int64_t>() < 0 || jg.get<int64_t>() > INT32_MAX)
+          throw FormatError("checkpoint " + c.checkpoint_path + ": generation must be an integer >= 0, got " +
+                            jg.dump());
+        gen0 = jg.get<int>();
+        if (gen0 > c.generations)
+          throw ValueError("checkpoint " + c.checkpoint_path + " is at generation " + std::to_string(gen0) +
+                           ", past the " + std::to_string(c.generations) +
+                           " generations asked for; resume with generations >= " + std::to_string(gen0) +
+                           ", or delete the checkpoint to start over");
+        const auto& je = j.at("evaluations");
+        if (!je.is_number_integer() || je.get<int64_t>() < 0)
+          throw FormatError("checkpoint " + c.checkpoint_path + ": evaluations must be an integer >= 0");
+        evals = je.get<int64_t>();
         const auto& genomes = j.at("population");
         if (static_cast<int>(genomes.size()) != N) throw FormatError("checkpoint population size differs");
         for (int i = 0; i < N; ++i) {
@@ -423,7 +472,11 @@ NSGA2Result run_nsga2(const Problem& p, const NSGA2Config& c, const ProgressFn& 
           p.check_genome(g);
           std::copy(g.begin(), g.end(), pop.g(i));
         }
-        for (const auto& s : j.at("history")) res.history.push_back(stats_from_json(s));
+        const auto& jh = j.at("history");
+        if (!jh.is_array() || jh.size() != static_cast<size_t>(gen0) + 1)
+          throw FormatError("checkpoint " + c.checkpoint_path + ": history must list generations 0.." +
+                            std::to_string(gen0));
+        for (const auto& s : jh) res.history.push_back(stats_from_json(s));
       } catch (const nlohmann::json::exception& e) {
         throw FormatError("checkpoint " + c.checkpoint_path + " is malformed: " + e.what());
       }

@@ -169,9 +169,15 @@ Plan make_plan(const Profile& profile, const Problem& problem, const std::vector
   const Evaluation e = problem.evaluate(genome.data());
   p.predicted = {{"loss", e.loss}, {"bytes", e.bytes}, {"avg_bits", e.avg_bits}};
   if (!problem.latency.empty()) p.predicted["latency"] = e.latency;
+  // n_units and the hash of the unit names let apply/export tell a plan that
+  // lost a unit (by hand editing) from a complete one.
+  std::string names;
+  for (const auto& u : profile.units) names += u.name + '\n';
   p.provenance = {{"profile",
                    {{"fingerprint", fingerprint.empty() ? profile.fingerprint() : fingerprint},
-                    {"model", profile.model_name()}}},
+                    {"model", profile.model_name()},
+                    {"n_units", profile.n_units()},
+                    {"units_hash", hex(fnv(names))}}},
                   {"empas_version", kVersion}};
   return p;
 }

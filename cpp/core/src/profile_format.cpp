@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <map>
 #include <set>
 #include <sstream>
@@ -66,7 +67,9 @@ void Profile::validate(NegativePolicy neg) {
       int64_t total = 0;
       for (const auto& s : un.shapes) {
         if (s[0] <= 0 || s[1] <= 0) fail(where + " ('" + un.name + "') has a non-positive shape");
-        total += s[0] * s[1];
+        int64_t n = 0;
+        if (__builtin_mul_overflow(s[0], s[1], &n) || __builtin_add_overflow(total, n, &total))
+          fail(where + " ('" + un.name + "'): its shapes hold more weights than a 64-bit count can hold");
       }
       if (total != un.params)
         fail(where + " ('" + un.name + "'): shapes hold " + std::to_string(total) +
@@ -108,7 +111,48 @@ void Profile::validate(NegativePolicy neg) {
     }
     if (!any) fail("profile unit '" + units[u].name + "' has no measured choice (every delta is null)");
   }
-  bytes_table();  // raises for memory-model problems (e.g. channel granularity without shapes)
+  // Loss sums: baseline + the largest (smallest) delta of every unit must be
+  // finite and must still show the deltas (a baseline of 1.7e308 would swallow
+  // them and flatten the front). Negative deltas were handled above.
+  {
+    double worst = baseline, best = baseline, spread = 0;
+    for (int u = 0; u < n_units(); ++u) {
+      double lo = std::numeric_limits<double>::infinity(), hi = -lo;
+      for (int c = 0; c < nc; ++c) {
+        const double d = delta[static_cast<size_t>(u) * nc + c];
+        if (std::isnan(d)) continue;
+        lo = std::min(lo, d);
+        hi = std::max(hi, d);
+      }
+      worst += hi;
+      best += lo;
+      spread += hi - lo;
+    }
+    if (!std::isfinite(worst) || !std::isfinite(best) || !std::isfinite(spread)) {
+      std::ostringstream m;
+      m << "profile: the baseline loss (" << baseline
+        << ") plus the sum of the units' deltas overflows a double (not finite); the deltas or "
+           "the baseline are far too large";
+      fail(m.str());
+    }
+    if (spread > 0 && !(worst - best >= 0.5 * spread)) {
+      std::ostringstream m;
+      m << "profile: the baseline loss (" << baseline << ") is so large that the units' deltas (total spread "
+        << spread << ") vanish when added to it; every plan would have the same loss";
+      fail(m.str());
+    }
+  }
+  // Raises for memory-model problems (e.g. channel granularity without shapes)
+  // and for byte counts past int64, naming the unit.
+  const std::vector<int64_t> bt = bytes_table();
+  int64_t largest = unsearched_bytes;
+  for (int u = 0; u < n_units(); ++u) {
+    int64_t b = 0;
+    for (int c = 0; c < nc; ++c) b = std::max(b, bt[static_cast<size_t>(u) * nc + c]);
+    if (__builtin_add_overflow(largest, b, &largest))
+      fail("profile: unsearched_bytes (" + std::to_string(unsearched_bytes) + ") plus the units up to '" +
+           units[u].name + "' overflow a 64-bit byte count");
+  }
 }
 
 std::vector<int64_t> Profile::bytes_table() const {

@@ -10,7 +10,25 @@
 namespace empas {
 
 namespace {
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+// a / b rounded up, for a >= 0 and b > 0, without the overflow of a + b - 1.
+int64_t ceil_div(int64_t a, int64_t b) { return a / b + (a % b != 0); }
+
+// Byte arithmetic checked for int64 overflow: a count beyond what an int64 can
+// hold is an error naming the unit, never a wrapped (negative or tiny) number.
+[[noreturn]] void too_big(const Unit& unit, int bits) {
+  throw ValueError("unit '" + unit.name + "': its size at " + std::to_string(bits) +
+                   " bits overflows a 64-bit byte count (params or shapes are too large)");
+}
+int64_t mul(int64_t a, int64_t b, const Unit& unit, int bits) {
+  int64_t r;
+  if (__builtin_mul_overflow(a, b, &r)) too_big(unit, bits);
+  return r;
+}
+int64_t add(int64_t a, int64_t b, const Unit& unit, int bits) {
+  int64_t r;
+  if (__builtin_add_overflow(a, b, &r)) too_big(unit, bits);
+  return r;
+}
 }  // namespace
 
 void Quantizer::validate() const {
@@ -33,25 +51,29 @@ int64_t unit_bytes(const Unit& unit, int bits, const Quantizer& q) {
   if (!valid_bits(bits))
     throw ValueError("unit '" + unit.name + "': " + std::to_string(bits) +
                      " bits is not a supported precision (0, 2..8, 16)");
+  if (unit.params < 0) throw ValueError("unit '" + unit.name + "' has negative params");
   if (bits == 0) return 0;
-  if (bits == 16 || q.bytes_model == "params_bits") return ceil_div(unit.params * bits, 8);
+  if (bits == 16 || q.bytes_model == "params_bits") return ceil_div(mul(unit.params, bits, unit, bits), 8);
   const int64_t per_group = q.scale_bytes + q.zero_bytes;
   if (unit.shapes.empty()) {
     // Only a parameter count is known: treat it as one row-major tensor.
     if (q.granularity == "channel")
       throw ValueError("unit '" + unit.name + "': per-channel byte counts need the member weight shapes");
     const int64_t groups = q.granularity == "group" ? ceil_div(unit.params, q.group_size) : 1;
-    return ceil_div(unit.params * bits, 8) + groups * per_group;
+    return add(ceil_div(mul(unit.params, bits, unit, bits), 8), mul(groups, per_group, unit, bits), unit,
+               bits);
   }
   int64_t total = 0;
   for (const auto& s : unit.shapes) {
     const int64_t rows = s[0], cols = s[1];
+    if (rows <= 0 || cols <= 0) throw ValueError("unit '" + unit.name + "' has a non-positive shape");
     int64_t groups = 1;
     if (q.granularity == "group")
-      groups = rows * ceil_div(cols, q.group_size);
+      groups = mul(rows, ceil_div(cols, q.group_size), unit, bits);
     else if (q.granularity == "channel")
       groups = rows;
-    total += ceil_div(rows * cols * bits, 8) + groups * per_group;
+    const int64_t packed = ceil_div(mul(mul(rows, cols, unit, bits), bits, unit, bits), 8);
+    total = add(total, add(packed, mul(groups, per_group, unit, bits), unit, bits), unit, bits);
   }
   return total;
 }
@@ -92,7 +114,9 @@ void Problem::finalize() {
       if (!std::isfinite(delta[k]))
         throw ValueError("delta of unit " + std::to_string(u) + " at " + std::to_string(choice_bits[c]) +
                          " bits is not finite");
-      if (bytes[k] < 0) throw ValueError("negative bytes in the bytes table");
+      if (bytes[k] < 0)
+        throw ValueError("unit " + std::to_string(u) + " has negative bytes (" + std::to_string(bytes[k]) +
+                         ") at " + std::to_string(choice_bits[c]) + " bits in the bytes table");
       if (!latency.empty() && !std::isfinite(latency[k]))
         throw ValueError("latency of unit " + std::to_string(u) + " is not finite");
       allowed_list_[u].push_back(static_cast<Gene>(c));
@@ -104,14 +128,47 @@ void Problem::finalize() {
       min_bits = std::min(min_bits, choice_bits[c]);
     }
     if (allowed_list_[u].empty()) throw ValueError("unit " + std::to_string(u) + " allows no choice");
-    min_bytes_ += bmin;
-    max_bytes_ += bmax;
+    if (__builtin_add_overflow(min_bytes_, bmin, &min_bytes_) ||
+        __builtin_add_overflow(max_bytes_, bmax, &max_bytes_))
+      throw ValueError("the total size overflows a 64-bit byte count at unit " + std::to_string(u) +
+                       " (unsearched bytes plus unit bytes exceed " + std::to_string(INT64_MAX) + ")");
     worst_loss_ += lmax;
     best_loss_ += lmin;
     max_latency_ += tmax;
     min_pbits += static_cast<double>(params[u]) * min_bits;
   }
   min_avg_bits_ = total_params_ > 0 ? min_pbits / total_params_ : 0;
+  // Loss sums must stay finite and keep the deltas: a baseline or deltas so
+  // large that base + sum overflows (or swallows the deltas) would make every
+  // plan look alike, flatten the front and break the hypervolume.
+  if (!std::isfinite(worst_loss_) || !std::isfinite(best_loss_)) {
+    std::ostringstream m;
+    m << "the baseline loss (" << base_loss
+      << ") plus the sum of the units' deltas is not a finite number (it overflows a double); "
+         "the deltas or the baseline are far too large";
+    throw ValueError(m.str());
+  }
+  {
+    double spread = 0;  // sum of per-unit delta ranges, computed without the baseline
+    for (int u = 0; u < n_units; ++u) {
+      double lo = std::numeric_limits<double>::infinity(), hi = -lo;
+      for (Gene c : allowed_list_[u]) {
+        lo = std::min(lo, delta_at(u, c));
+        hi = std::max(hi, delta_at(u, c));
+      }
+      spread += hi - lo;
+    }
+    if (!std::isfinite(spread)) throw ValueError("the sum of the units' delta ranges overflows a double");
+    if (spread > 0 && !(worst_loss_ - best_loss_ >= 0.5 * spread)) {
+      std::ostringstream m;
+      m << "the baseline loss (" << base_loss << ") is so large that the units' deltas (total spread "
+        << spread << ") vanish when added to it; every plan would have the same loss";
+      throw ValueError(m.str());
+    }
+    const double area = (worst_loss_ - best_loss_) * static_cast<double>(max_bytes_ - min_bytes_);
+    if (!std::isfinite(area))
+      throw ValueError("loss range x byte range overflows a double; the hypervolume cannot be computed");
+  }
   if (constraints.max_bytes >= 0 && constraints.max_bytes < min_bytes_)
     throw InfeasibleError("memory budget of " + std::to_string(constraints.max_bytes) +
                           " bytes is below the smallest reachable size of " + std::to_string(min_bytes_) +

@@ -277,7 +277,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     _comma(s.add_argument("--bits", help="allowed bit widths, comma-separated, e.g. 2,4,8"))
     s.add_argument("--pin", action="append", default=[], metavar="UNIT=BITS", help="fix a unit")
     s.add_argument("--checkpoint", help="checkpoint file (resumes when it exists)")
-    s.add_argument("--resolution", help="exact method: epsilon-grid width, e.g. 1MB")
+    s.add_argument(
+        "--resolution",
+        help="exact method: an epsilon-grid front within this many bytes of the exact one, "
+        "e.g. 1MB",
+    )
     s.add_argument(
         "--table",
         choices=["monotone", "raw"],
@@ -419,6 +423,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "block i to PREFIX.<i>.<Llama linears>, e.g. model.layers",
     )
     e.add_argument("--force", action="store_true", help="overwrite the output")
+    e.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="export a plan that names fewer units than the profile it was made from (the "
+        "missing units stay at full precision)",
+    )
 
     sv = subs["serve"] = _sub(
         sub,
@@ -564,6 +574,10 @@ def _cmd_search(a: argparse.Namespace) -> int:
             allowed = [int(b) for b in a.bits.split(",")]
         except ValueError:
             raise ValueError(f"--bits expects comma-separated integers, got {a.bits!r}") from None
+    if not a.force:  # refused before the search, not after it ran
+        from empas.search.result import SearchResult
+
+        SearchResult.check_outdir(a.out)
     prof = empas.load_profile(a.profile, negative=a.negative)
     res = empas.search(
         prof,
@@ -798,13 +812,19 @@ def _cmd_export(a: argparse.Namespace) -> int:
     out = Path(a.out)
     if out.exists() and not a.force:
         raise FileExistsError(f"{out} exists; pass --force to overwrite it")
+    if not a.allow_partial:
+        from empas.quant.apply import check_coverage
+
+        check_coverage(plan)
     if a.format == "packed":
         if not a.model:
             raise ValueError("--format packed needs --model (the model to quantize)")
         from empas.models import load_model
 
         model, tok, _, _ = load_model(_model_arg(a.model), "cpu", None)
-        empas.save_quantized(model, plan, out, tokenizer=tok, force=a.force)
+        empas.save_quantized(
+            model, plan, out, tokenizer=tok, force=a.force, allow_partial=a.allow_partial
+        )
         m = empas.quant.read_manifest(out)
         print(
             f"wrote {out}: {m['tensor_bytes']:,} tensor bytes (plan predicted "
@@ -842,17 +862,16 @@ def _cmd_export(a: argparse.Namespace) -> int:
 
 
 def _cmd_info(a: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
     import empas
 
     if not a.path.startswith("example:"):
         text = Path(a.path).read_text()
-        try:
-            doc = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{a.path} is not valid JSON: {exc}") from None
+        from empas.errors import FormatError
+        from empas.util.io import loads_json
+
+        doc = loads_json(text, a.path, FormatError)
         if isinstance(doc, dict) and ("config" in doc or doc.get("format") == "empas.plan/1"):
             plan = empas.load_plan(a.path)
             print(plan)

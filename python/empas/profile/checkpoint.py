@@ -6,13 +6,14 @@ atomically after each experiment so that a killed run resumes where it stopped."
 from __future__ import annotations
 
 import json
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import FormatError, StaleCheckpointError
-from ..util.io import atomic_write_text
+from ..util.io import atomic_write_text, loads_json
 
 __all__ = ["CHECKPOINT_FORMAT", "ON_STALE", "ProfileCheckpoint", "StaleCheckpointError"]
 
@@ -39,15 +40,24 @@ class ProfileCheckpoint:
     def load(self) -> None:
         if self.path is None or not self.path.exists():
             return
-        try:
-            doc = json.loads(self.path.read_text())
-        except json.JSONDecodeError as exc:
-            raise FormatError(f"checkpoint {self.path} is not valid JSON: {exc}") from None
+        doc = loads_json(self.path.read_text(), f"checkpoint {self.path}", FormatError)
         if not isinstance(doc, dict) or doc.get("format") != CHECKPOINT_FORMAT:
             raise FormatError(
                 f"{self.path} is not an EMPAS profile checkpoint ({CHECKPOINT_FORMAT})"
             )
         old = doc.get("key", {})
+        done = doc.get("done", {})
+        if not isinstance(old, dict) or not isinstance(done, dict):
+            raise FormatError(f"checkpoint {self.path}: 'key' and 'done' must be objects")
+        for name, losses in done.items():
+            if not isinstance(losses, list) or not all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+                for x in losses
+            ):
+                raise FormatError(
+                    f"checkpoint {self.path}: done[{name!r}] must be a list of finite losses "
+                    "(a hand-edited or corrupt checkpoint; delete it to start over)"
+                )
         for k, v in self.key.items():
             if old.get(k) != v:
                 exc = StaleCheckpointError(
@@ -59,7 +69,7 @@ class ProfileCheckpoint:
                 print(f"note: {exc}; starting over", file=sys.stderr)
                 self.done = {}
                 return
-        self.done = {k: list(v) for k, v in doc.get("done", {}).items()}
+        self.done = {k: list(v) for k, v in done.items()}
 
     def save(self) -> None:
         if self.path is None:

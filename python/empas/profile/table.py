@@ -55,6 +55,8 @@ class Profile:
     def from_dict(cls, data: dict[str, Any], negative: str | None = None) -> Profile:
         try:
             text = json.dumps(data, allow_nan=False)
+        except RecursionError:
+            raise FormatError("profile is nested too deeply to be an EMPAS profile") from None
         except ValueError:
             raise FormatError(
                 "profile holds NaN or infinity; every delta must be a finite number "
@@ -320,7 +322,7 @@ def _auto_negative(text: str) -> str:
     """'keep' for a table measured by empas.profile, else 'error'."""
     try:
         doc = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return "error"  # the native parser names the problem
     src = doc.get("source") if isinstance(doc, dict) else None
     measured = isinstance(src, dict) and src.get("generator") == "empas.profile"

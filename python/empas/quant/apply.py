@@ -64,8 +64,43 @@ class _Target:
     block: tuple[str, int] | None  # (stack prefix, index) for a dropped block
 
 
-def resolve(model, plan: Plan) -> list[_Target]:
-    """Matches the plan's units to the model's modules; raises PlanMismatchError."""
+def _fnv1a64_hex(text: str) -> str:
+    """64-bit FNV-1a of the UTF-8 bytes, 16 hex digits (as the C++ core's)."""
+    h = 1469598103934665603
+    for b in text.encode():
+        h = ((h ^ b) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
+    return f"{h:016x}"
+
+
+def check_coverage(plan: Plan) -> None:
+    """Raises PlanMismatchError when ``plan`` names fewer (or other) units than the
+    profile it was made from (recorded by the search as ``provenance.profile``):
+    the missing units would silently stay at full precision, and the plan's
+    predicted bytes and loss would not describe the model."""
+    prof = (plan.provenance or {}).get("profile") or {}
+    n, names = prof.get("n_units"), [u["name"] for u in plan.to_dict()["units"]]
+    if isinstance(n, int) and not isinstance(n, bool) and n != len(names):
+        raise PlanMismatchError(
+            f"the plan names {len(names)} units but was made from a profile of {n} "
+            f"(fingerprint {prof.get('fingerprint')}): {abs(n - len(names))} unit(s) "
+            f"{'missing' if n > len(names) else 'added'}; a plan must name every unit of "
+            "its profile (pass allow_partial=True, CLI --allow-partial, to apply it anyway)"
+        )
+    h = prof.get("units_hash")
+    if isinstance(h, str) and isinstance(n, int):
+        if _fnv1a64_hex("".join(name + "\n" for name in names)) != h:
+            raise PlanMismatchError(
+                "the plan's unit names differ from those of the profile it was made from "
+                f"(fingerprint {prof.get('fingerprint')}); a plan must name every unit of its "
+                "profile (pass allow_partial=True, CLI --allow-partial, to apply it anyway)"
+            )
+
+
+def resolve(model, plan: Plan, allow_partial: bool = False) -> list[_Target]:
+    """Matches the plan's units to the model's modules; raises PlanMismatchError,
+    also for a plan that lacks units of its profile unless ``allow_partial``."""
+    if not allow_partial:
+        check_coverage(plan)
     quant = quantizable(model)
     named = dict(model.named_modules())
     data = plan.to_dict()
@@ -243,13 +278,15 @@ def _check_bits(unit: str, bits: int) -> None:
         raise FormatError(f"unit {unit!r}: {bits} bits is not a known format (0, 2..8, 16)")
 
 
-def _apply(model, plan: Plan, mode: str, clip_search: bool, undo: Undo | None) -> None:
+def _apply(
+    model, plan: Plan, mode: str, clip_search: bool, undo: Undo | None, allow_partial: bool = False
+) -> None:
     import torch
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     qs = QuantConfig.from_json(plan.quantizer, clip_search)
-    targets = resolve(model, plan)
+    targets = resolve(model, plan, allow_partial)
     emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     emb_w = getattr(emb, "weight", None)
     for t in targets:
@@ -307,7 +344,9 @@ def _pack(model, m, bits: int, qs: QuantConfig, undo: Undo | None) -> None:
     replace_module(model, m.name, new, undo)
 
 
-def apply(model, plan, mode: str = "fake", *, clip_search: bool = False):
+def apply(
+    model, plan, mode: str = "fake", *, clip_search: bool = False, allow_partial: bool = False
+):
     """Applies ``plan`` (a Plan, dict or path) to ``model`` in place and returns it.
 
     ``mode="fake"``: weights are quantize-dequantized in place (same memory).
@@ -317,22 +356,25 @@ def apply(model, plan, mode: str = "fake", *, clip_search: bool = False):
     Blocks planned at 0 bits are replaced by ``empas.nn.DroppedBlock`` in both modes.
     ``clip_search`` must match the profile's (``profile.meta["source"]``).
 
-    Raises PlanMismatchError for a plan made for another model, FormatError for
-    formats the quantizer does not know. Nothing is changed on error."""
+    Raises PlanMismatchError for a plan made for another model or one that lacks
+    units of its profile (unless ``allow_partial``), FormatError for formats the
+    quantizer does not know. Nothing is changed on error."""
     plan = as_plan(plan)
     # Everything is validated (names, sizes, formats, finite weights) before the
     # first change; replaced modules are put back if packing fails part-way.
-    _apply(model, plan, mode, clip_search, Undo(save_weights=False))
+    _apply(model, plan, mode, clip_search, Undo(save_weights=False), allow_partial)
     return model
 
 
 @contextmanager
-def applied(model, plan, mode: str = "fake", *, clip_search: bool = False) -> Iterator[Any]:
+def applied(
+    model, plan, mode: str = "fake", *, clip_search: bool = False, allow_partial: bool = False
+) -> Iterator[Any]:
     """``with empas.applied(model, plan): ...`` applies the plan and restores the
     original weights and modules (bit-exactly) on exit."""
     plan = as_plan(plan)
     undo = Undo()
-    _apply(model, plan, mode, clip_search, undo)
+    _apply(model, plan, mode, clip_search, undo, allow_partial)
     try:
         yield model
     finally:

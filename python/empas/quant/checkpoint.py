@@ -30,7 +30,7 @@ from typing import Any
 
 from ..errors import CheckpointError
 from ..plan import as_plan
-from ..util.io import atomic_write_text, sha256_file
+from ..util.io import atomic_write_text, loads_json, sha256_file
 from .apply import applied, replace_module
 
 __all__ = ["CheckpointError", "load_quantized", "read_manifest", "save_quantized"]
@@ -94,21 +94,27 @@ def save_quantized(
     tokenizer=None,
     clip_search: bool = False,
     force: bool = False,
+    allow_partial: bool = False,
 ) -> Path:
     """Writes ``model`` quantized by ``plan`` as a packed checkpoint directory.
 
     ``model`` is the original (unquantized) model — it is packed for the write and
     left unchanged — or a model already packed with ``empas.apply(..., mode="packed")``
     for this plan. The directory is written next to its final place and renamed
-    into it; an existing ``path`` is replaced only with ``force=True``.
+    into it; an existing ``path`` is replaced only with ``force=True``. A plan
+    that lacks units of its profile is refused unless ``allow_partial=True``.
     Returns the path."""
+    from .apply import check_coverage
+
     plan = as_plan(plan)
     path = Path(path)
     if path.exists() and not force:
         raise FileExistsError(f"{path} exists; pass force=True (CLI: --force) to replace it")
+    if not allow_partial:
+        check_coverage(plan)
     if _is_applied(model):
         return _write(model, plan, path, tokenizer, clip_search)
-    with applied(model, plan, mode="packed", clip_search=clip_search):
+    with applied(model, plan, mode="packed", clip_search=clip_search, allow_partial=True):
         return _write(model, plan, path, tokenizer, clip_search)
 
 
@@ -175,16 +181,92 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     if not mf.is_file():
         raise CheckpointError(f"{path} is not an EMPAS packed checkpoint (no {MANIFEST})")
     try:
-        m = json.loads(mf.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
+        text = mf.read_text()
+    except UnicodeDecodeError as exc:
         raise CheckpointError(f"{mf}: not valid JSON ({exc})") from None
+    m = loads_json(text, str(mf), CheckpointError)
     if not isinstance(m, dict) or m.get("format") != FORMAT:
         got = m.get("format") if isinstance(m, dict) else type(m).__name__
         raise CheckpointError(f"{mf}: format is {got!r}, expected {FORMAT!r}")
     for key in ("model_class", "plan", "modules", "dropped_blocks", "tied", "files"):
         if key not in m:
             raise CheckpointError(f"{mf}: missing field {key!r}")
+    _validate_manifest(m, mf)
     return m
+
+
+_BIAS_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+def _validate_manifest(m: dict[str, Any], mf: Path) -> None:
+    """Types and ranges of every manifest field load_quantized reads, so a
+    malformed manifest is a CheckpointError naming the field, never an
+    AttributeError/KeyError/TypeError from deep inside the loader."""
+
+    def bad(field: str, what: str) -> CheckpointError:
+        return CheckpointError(f"{mf}: {field} {what}")
+
+    def integer(v: Any, field: str, lo: int, hi: int | None = None) -> None:
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
+            rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+            raise bad(field, f"must be an integer {rng}, got {v!r}")
+
+    if not isinstance(m["model_class"], str) or not m["model_class"].isidentifier():
+        raise bad("model_class", f"must be a class name, got {m['model_class']!r}")
+    if not isinstance(m["plan"], dict):
+        raise bad("plan", f"must be an object, got {type(m['plan']).__name__}")
+    mods = m["modules"]
+    if not isinstance(mods, dict):
+        raise bad("modules", f"must be an object (module name -> spec), got {type(mods).__name__}")
+    for name, spec in mods.items():
+        where = f"modules[{name!r}]"
+        if not isinstance(spec, dict):
+            raise bad(where, f"must be an object, got {type(spec).__name__}")
+        kind = spec.get("kind")
+        if kind not in ("packed", "fp16"):
+            raise bad(f"{where}.kind", f"must be 'packed' or 'fp16', got {kind!r}")
+        need = ["in_features", "out_features"]
+        if kind == "packed":
+            need += ["bits", "group_size", "symmetric"]
+        for key in need:
+            if key not in spec:
+                raise bad(where, f"is missing {key!r}")
+        integer(spec["in_features"], f"{where}.in_features", 1)
+        integer(spec["out_features"], f"{where}.out_features", 1)
+        if kind == "packed":
+            integer(spec["bits"], f"{where}.bits", 2, 8)
+            integer(spec["group_size"], f"{where}.group_size", 0)
+            if not isinstance(spec["symmetric"], bool):
+                raise bad(f"{where}.symmetric", f"must be true or false, got {spec['symmetric']!r}")
+        b = spec.get("bias")
+        if b is not None and b not in _BIAS_DTYPES:
+            raise bad(f"{where}.bias", f"must be null or one of {_BIAS_DTYPES}, got {b!r}")
+    dropped = m["dropped_blocks"]
+    if not isinstance(dropped, list) or not all(
+        isinstance(d, str) and "." in d and d.rsplit(".", 1)[1].isdigit() for d in dropped
+    ):
+        raise bad(
+            "dropped_blocks",
+            f"must be a list of block names like 'model.layers.3', got {dropped!r}",
+        )
+    tied = m["tied"]
+    if not isinstance(tied, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in tied.items()
+    ):
+        raise bad("tied", f"must be an object of tensor name -> tensor name, got {tied!r}")
+    files = m["files"]
+    if not isinstance(files, dict):
+        raise bad("files", f"must be an object, got {type(files).__name__}")
+    rec = files.get(WEIGHTS)
+    if not isinstance(rec, dict):
+        raise bad(f"files[{WEIGHTS!r}]", f"must be an object (bytes, sha256), got {rec!r}")
+    if rec.get("bytes") is not None:
+        integer(rec["bytes"], f"files[{WEIGHTS!r}].bytes", 0)
+    sha = rec.get("sha256")
+    if sha is not None and not (
+        isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)
+    ):
+        raise bad(f"files[{WEIGHTS!r}].sha256", f"must be 64 lowercase hex digits, got {sha!r}")
 
 
 def load_quantized(path: str | os.PathLike, device: str = "cpu", *, verify_hash: bool = True):
@@ -205,18 +287,28 @@ def load_quantized(path: str | os.PathLike, device: str = "cpu", *, verify_hash:
     wf = path / WEIGHTS
     if not wf.is_file():
         raise CheckpointError(f"{path}: {WEIGHTS} is missing")
-    rec = m["files"].get(WEIGHTS, {})
+    rec = m["files"][WEIGHTS]
     size = wf.stat().st_size
     if rec.get("bytes") is not None and size != rec["bytes"]:
         raise CheckpointError(
             f"{wf}: {size} bytes, the manifest says {rec['bytes']} (truncated or replaced?)"
         )
-    if verify_hash and rec.get("sha256") and sha256_file(wf) != rec["sha256"]:
-        raise CheckpointError(f"{wf}: SHA-256 differs from the manifest (corrupt file)")
+    if verify_hash:
+        if not rec.get("sha256"):
+            # Without a recorded hash a flipped byte would load as wrong weights.
+            raise CheckpointError(
+                f"{path / MANIFEST}: files[{WEIGHTS!r}] has no sha256, so {WEIGHTS} cannot be "
+                "verified; pass verify_hash=False to load it unverified"
+            )
+        if sha256_file(wf) != rec["sha256"]:
+            raise CheckpointError(f"{wf}: SHA-256 differs from the manifest (corrupt file)")
     cls = getattr(transformers, m["model_class"], None)
     if cls is None:
         raise CheckpointError(f"model class {m['model_class']!r} is not in transformers")
-    config = transformers.AutoConfig.from_pretrained(path)
+    try:
+        config = transformers.AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: config.json is missing or invalid ({exc})") from None
     with torch.device("meta"):
         model = cls(config)
     named = dict(model.named_modules())

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..util.sizes import parse_size
 
-__all__ = ["METHODS", "SearchConfig"]
+__all__ = ["METHODS", "SearchConfig", "available_cores"]
 
 METHODS = ("nsga2", "exact")
 
@@ -53,6 +53,9 @@ class SearchConfig:
             raise ValueError("seed must be < 2**64")
         if self.threads is not None:
             self.threads = _int("threads", self.threads, 1, "use threads=None for all cores")
+            # More threads than cores only adds overhead, and a huge count crashes
+            # the OpenMP runtime; the native core caps it the same way.
+            self.threads = min(self.threads, available_cores())
         if self.max_bytes is not None:
             self.max_bytes = parse_size(self.max_bytes)
             if self.max_bytes > _INT64_MAX:
@@ -107,6 +110,14 @@ class SearchConfig:
             self.allowed_bits = [_bits("allowed_bits", b) for b in self.allowed_bits]
         if self.checkpoint is not None:
             self.checkpoint = os.fspath(self.checkpoint)
+
+
+def available_cores() -> int:
+    """Cores this process may run on: the cap on ``threads``."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
 _INT32_MAX = 2**31 - 1  # C++ int arguments

@@ -19,7 +19,7 @@ from .._native import core
 from ..errors import FormatError, InfeasibleError
 from ..plan import Plan
 from ..profile.table import Profile
-from ..util.io import atomic_write_text, clean_json, read_json
+from ..util.io import atomic_write_text, clean_json, fsync_dir, read_json
 from ..util.sizes import format_bytes, parse_size
 from .config import SearchConfig
 
@@ -361,25 +361,53 @@ class SearchResult:
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(clean_json(self.to_dict()), indent=indent, allow_nan=False)
 
+    @staticmethod
+    def check_outdir(
+        outdir: str | os.PathLike, names: Sequence[str] = (*ARCHETYPES, "best_under_budget")
+    ) -> None:
+        """Raises FileExistsError if :meth:`save` into ``outdir`` would replace a file
+        (result.json, front.csv, plans/<name>.json). Callers run it before a long
+        search so that an existing output is refused before the work, not after."""
+        out = Path(outdir)
+        targets = [out / "result.json", out / "front.csv"]
+        targets += [out / "plans" / f"{n}.json" for n in names]
+        existing = [str(p) for p in targets if p.exists()]
+        if existing:
+            raise FileExistsError(
+                f"refusing to overwrite {existing[0]}"
+                + (f" (and {len(existing) - 1} more)" if len(existing) > 1 else "")
+                + "; pass overwrite=True (CLI: --force)"
+            )
+
     def save(self, outdir: str | os.PathLike, *, overwrite: bool = False) -> dict[str, Path]:
-        """Writes result.json, front.csv and plans/<archetype>.json into ``outdir``."""
+        """Writes result.json, front.csv and plans/<archetype>.json into ``outdir``.
+
+        Every file is rendered and written to a temporary file first; only when
+        all are on disk are they renamed into place, so an error (or a crash)
+        while writing leaves the earlier set, never a mix of old and new files."""
         out = Path(outdir)
         targets = {"result": out / "result.json", "front_csv": out / "front.csv"}
         for name in self.archetypes:
             targets[name] = out / "plans" / f"{name}.json"
         if not overwrite:
-            existing = [str(p) for p in targets.values() if p.exists()]
-            if existing:
-                raise FileExistsError(
-                    f"refusing to overwrite {existing[0]}"
-                    + (f" (and {len(existing) - 1} more)" if len(existing) > 1 else "")
-                    + "; pass overwrite=True (CLI: --force)"
-                )
-        (out / "plans").mkdir(parents=True, exist_ok=True)
-        atomic_write_text(targets["result"], self.to_json() + "\n")
-        atomic_write_text(targets["front_csv"], self._csv())
+            self.check_outdir(out, list(self.archetypes))
+        texts = {"result": self.to_json() + "\n", "front_csv": self._csv()}
         for name, plan in self.archetypes.items():
-            plan.save(targets[name])
+            texts[name] = plan.to_json() + "\n"
+        (out / "plans").mkdir(parents=True, exist_ok=True)
+        staged: dict[str, Path] = {}
+        try:
+            for key, text in texts.items():
+                tmp = targets[key].with_name(f".{targets[key].name}.{os.getpid()}.tmp")
+                staged[key] = atomic_write_text(tmp, text)
+            for key, tmp in staged.items():
+                os.replace(tmp, targets[key])
+        finally:
+            for tmp in staged.values():
+                if tmp.exists():
+                    tmp.unlink()
+        fsync_dir(out)
+        fsync_dir(out / "plans")
         return targets
 
     def _labels(self) -> dict[int, list[str]]:
@@ -457,6 +485,12 @@ class SearchResult:
             f"{len(self.front)} front plans, hypervolume {self.hypervolume:.6g}, "
             f"{self.evaluations:,} evaluations, {self.seconds * 1e3:.1f} ms"
         ]
+        bound = (self.extra or {}).get("error_bound_bytes")
+        if self.method == "exact" and not self.exact and bound is not None:
+            lines.append(
+                f"epsilon-grid front: each exact front plan has one here of no greater loss "
+                f"and at most {format_bytes(int(bound))} ({int(bound):,} bytes) larger"
+            )
         lines.append(f"{'archetype':<18} {'loss':>10} {'size':>12} {'avg bits':>9}")
         for name, p in self.archetypes.items():
             lines.append(

@@ -65,7 +65,7 @@ def search(
         pop_size, generations: NSGA-II population (>= 4) and generations (>= 1).
         seed: random seed; the same seed gives the same result on any thread count.
         max_bytes: memory budget for the whole model, bytes or "8GB"/"1.5GiB".
-        threads: worker threads (None: all cores).
+        threads: worker threads (None: all cores; capped at the cores available).
         max_avg_bits: budget on the parameter-weighted mean bits of searched units.
         latency: add the profile's latency table as a third objective (NSGA-II).
         pinned: {unit: bits} fixed choices. allowed_bits: restrict the choices globally.
@@ -81,8 +81,11 @@ def search(
             started with an existing matching checkpoint resumes from it.
         progress: True for a progress bar, or a callable receiving each
             generation's stats (return False to stop early).
-        max_points, resolution: exact method: largest intermediate front, and an
-            optional ε-grid width in bytes for huge spaces.
+        max_points, resolution: exact method: largest intermediate front, and for
+            huge spaces an ε-grid: ``resolution`` (bytes or "1MB") is the largest
+            byte error accepted; every exact front point (B, L) then has a returned
+            point with loss <= L and bytes <= B + ``extra["error_bound_bytes"]``
+            (<= resolution), and the smallest and lowest-loss plans are kept.
         table: "monotone" (default: the noise-aware fitted table of
             :func:`empas.fit_table`, Δ non-increasing in bits per unit; the result's
             plans carry its standard errors) or "raw" (the measured cells as they are).
@@ -111,7 +114,13 @@ def search(
         genomes = r["genomes"]
         history: list[dict[str, Any]] = []
         evaluations = 0
-        extra = {"peak_states": r["peak_states"], "eps_bytes": r["eps_bytes"]}
+        extra = {
+            "peak_states": r["peak_states"],
+            "eps_bytes": r["eps_bytes"],
+            # ε-grid: every exact front point (B, L) has a returned point with
+            # loss <= L and bytes <= B + error_bound_bytes (0 when exact).
+            "error_bound_bytes": r["error_bound_bytes"],
+        }
         exact = bool(r["exact"])
     else:
         init = None

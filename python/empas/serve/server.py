@@ -502,6 +502,14 @@ class PlanServer:
             )
         if not isinstance(prompt, str) or not prompt:
             raise RequestError(422, "prompt must be a non-empty string")
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate ("\ud800") in the JSON string
+            raise RequestError(
+                422,
+                f"prompt is not valid Unicode: a lone surrogate at character {exc.start} "
+                "(JSON \\ud800-\\udfff escapes must come in pairs)",
+            ) from None
         if len(prompt) > lim.max_prompt_chars:
             raise RequestError(
                 413,
@@ -620,10 +628,15 @@ class PlanServer:
 
 def _pick(logits, temperature: float, top_p: float, gen) -> int:
     """Greedy (temperature 0) or temperature + nucleus sampling from ``gen``."""
-    logits = logits.float()
-    if temperature <= 0:
+    logits = logits.double()
+    if temperature <= 0 or not bool(torch.isfinite(logits).all()):
         return int(torch.argmax(logits))
-    probs = torch.softmax(logits / temperature, dim=-1)
+    # Shifted so the largest logit is 0, in float64: a tiny temperature (1e-300)
+    # sends the others to -inf (probability 0), never to inf/NaN.
+    scaled = (logits - logits.max()) / temperature
+    probs = torch.softmax(scaled, dim=-1)
+    if not bool(torch.isfinite(probs).all()) or float(probs.sum()) <= 0:
+        return int(torch.argmax(logits))
     if top_p < 1.0:
         p_sorted, idx = torch.sort(probs, descending=True)
         cum = torch.cumsum(p_sorted, dim=-1)
@@ -644,6 +657,7 @@ def create_app(server: PlanServer):
     """The FastAPI app serving ``server``: POST /generate, GET /plans, GET /health."""
     import anyio.to_thread
     from fastapi import FastAPI, HTTPException, Request
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
 
     app = FastAPI(
@@ -663,6 +677,25 @@ def create_app(server: PlanServer):
         if "sem" not in sem_box:  # created in the serving event loop
             sem_box["sem"] = asyncio.Semaphore(lim.max_concurrency)
         return sem_box["sem"]
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        # FastAPI's default echoes each offending input, which cannot be encoded
+        # when it is NaN/Infinity (a 500 instead of the 422); keep what is safe.
+        detail = []
+        for e in exc.errors():
+            item = {
+                "loc": list(e.get("loc", ())),
+                "msg": str(e.get("msg", "")),
+                "type": e.get("type"),
+            }
+            v = e.get("input")
+            if isinstance(v, float) and not math.isfinite(v):
+                item["input"] = repr(v)
+            elif isinstance(v, (int, float, bool)) or v is None:
+                item["input"] = v
+            detail.append(item)
+        return JSONResponse(status_code=422, content={"detail": detail})
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception):

@@ -10,10 +10,19 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-__all__ = ["atomic_write_text", "clean_json", "read_json", "sha256_file", "write_json"]
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "clean_json",
+    "loads_json",
+    "read_json",
+    "sha256_file",
+    "write_json",
+]
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -33,7 +42,45 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
         except OSError:
             pass
         raise
+    fsync_dir(path.parent)
     return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
+    """Calls ``write(f)`` on a temporary binary file next to ``path``, fsyncs it
+    and renames it over ``path``: a crash or an error in ``write`` leaves the old
+    file (or none), never a half-written one. Creates parent directories."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    fsync_dir(path.parent)
+    return path
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Flushes a directory's entries (a rename into it) to disk; best effort."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on a directory
+    finally:
+        os.close(fd)
 
 
 def clean_json(obj: Any) -> Any:
@@ -76,6 +123,19 @@ def read_json(path: str | os.PathLike, what: str, error: type[Exception] = Value
         ) from None
     except RecursionError:
         raise error(f"{path}: {what} is nested too deeply to be an EMPAS file") from None
+
+
+def loads_json(text: str, what: str, error: type[Exception] = ValueError) -> Any:
+    """``json.loads(text)``; ``error`` naming ``what`` for malformed JSON and for
+    JSON nested too deeply (never a RecursionError)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(
+            f"{what} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
+        ) from None
+    except RecursionError:
+        raise error(f"{what}: JSON nested too deeply to be an EMPAS file") from None
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from fractions import Fraction
 
 _UNITS = {
     "": 1,
@@ -36,10 +37,12 @@ def parse_size(value: int | float | str) -> int:
             f"invalid size {value!r}: expected a number with an optional unit "
             "(B, KB, MB, GB, TB, KiB, MiB, GiB, TiB), e.g. '8GB' or '1.5GiB'"
         )
-    n = float(m.group(1)) * _UNITS[m.group(2).lower()]
-    if not math.isfinite(n):
+    # Exact decimal arithmetic: "9007199254740993B" is that many bytes, not the
+    # nearest double (float() rounded integers past 2**53).
+    num = m.group(1)
+    if "e" in num.lower() and int(num.lower().split("e")[1]) > 30:
         raise ValueError(f"invalid size {value!r}: too large")
-    return int(n)
+    return int(Fraction(num) * _UNITS[m.group(2).lower()])
 
 
 def format_bytes(n: float) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import FormatError
 from ..plan import Plan
-from ..util.io import clean_json, read_json, write_json
+from ..util.io import atomic_write_bytes, clean_json, read_json, write_json
 
 __all__ = ["VERIFY_FORMAT", "VerifyReport", "write_json"]
 
@@ -136,9 +136,13 @@ class VerifyReport:
         import matplotlib.pyplot as plt
 
         ax = self.plot()
-        ax.figure.savefig(path, dpi=120, bbox_inches="tight")
-        plt.close(ax.figure)
-        return Path(path)
+        try:
+            return atomic_write_bytes(
+                path,
+                lambda f: ax.figure.savefig(f, dpi=120, bbox_inches="tight", format=_fmt(path)),
+            )
+        finally:
+            plt.close(ax.figure)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Writes :meth:`document` (rows, meta, the honesty check) atomically."""
@@ -229,3 +233,9 @@ class VerifyReport:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         return ax
+
+
+def _fmt(path: str | os.PathLike) -> str:
+    """The image format matplotlib would infer from the suffix (PNG without one)."""
+    suffix = Path(path).suffix.lower().lstrip(".")
+    return suffix or "png"

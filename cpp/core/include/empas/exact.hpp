@@ -10,9 +10,14 @@ namespace empas {
 
 struct ExactConfig {
   int64_t max_points = 2'000'000;  ///< largest intermediate front allowed
-  /// 0: exact. > 0: an epsilon-grid that keeps the lowest loss per bytes bucket
-  /// of this width at every step, so each returned point is within
-  /// n_units x eps_bytes bytes of a true front point of no greater loss.
+  /// 0: exact. > 0: an epsilon-grid: at each of the n_units merge steps, states
+  /// in the same bytes bucket of width max(1, eps_bytes / n_units) keep only the
+  /// lowest-loss one (the smallest state of a step is always kept). Every true
+  /// front point (B, L) then has a returned point of loss <= L and bytes <=
+  /// B + error_bound_bytes <= B + eps_bytes (without a byte budget; with one,
+  /// points within error_bound_bytes of the budget may lack a cover), and the
+  /// front keeps both extremes: the smallest plan and (without a budget) the
+  /// lowest-loss plan.
   int64_t eps_bytes = 0;
 };
 
@@ -23,7 +28,8 @@ struct ExactFront {
   std::vector<int64_t> bytes;  ///< strictly increasing
   bool exact = true;
   int64_t eps_bytes = 0;
-  int64_t peak_states = 0;  ///< largest intermediate front
+  int64_t error_bound_bytes = 0;  ///< stated bytes error of an epsilon-grid front (<= eps_bytes)
+  int64_t peak_states = 0;        ///< largest intermediate front
   size_t size() const { return loss.size(); }
 };
 

@@ -69,6 +69,13 @@ using ProgressFn = std::function<bool(const GenerationStats&)>;
 /// at start is resumed, giving the same result as an uninterrupted run.
 NSGA2Result run_nsga2(const Problem& problem, const NSGA2Config& config, const ProgressFn& progress = {});
 
+/// Estimated peak bytes of run_nsga2 for this population and problem size.
+int64_t nsga2_memory_estimate(int pop_size, int n_units, int n_objectives);
+/// The most bytes a search may take: half of the physical memory.
+int64_t memory_limit_bytes();
+/// Throws ValueError, with the figures, when the estimate exceeds the limit.
+void check_memory(int pop_size, int n_units, int n_objectives);
+
 /// Fingerprint of the proxy tables and constraints (hex string).
 std::string problem_fingerprint(const Problem& problem);
 

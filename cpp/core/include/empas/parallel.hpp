@@ -9,10 +9,24 @@
 
 namespace empas {
 
-/// Threads to use: `requested` if > 0, else the OpenMP default.
+/// Most threads a parallel region may use: the processors this process may
+/// run on (at least 1). More threads than cores never speed up this CPU-bound
+/// work, and a huge count makes libgomp fail to create them (abort) or crash.
+inline int max_threads() {
+#ifdef _OPENMP
+  const int procs = omp_get_num_procs();
+  return procs > 0 ? procs : 1;
+#else
+  return 1;
+#endif
+}
+
+/// Threads to use: `requested` if > 0, else the OpenMP default; always capped
+/// at max_threads() before OpenMP sees the number.
 inline int resolve_threads(int requested) {
 #ifdef _OPENMP
-  return requested > 0 ? requested : omp_get_max_threads();
+  const int want = requested > 0 ? requested : omp_get_max_threads();
+  return want < 1 ? 1 : (want > max_threads() ? max_threads() : want);
 #else
   (void)requested;
   return 1;
