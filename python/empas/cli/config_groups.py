@@ -181,12 +181,19 @@ def compose(
             selected[key] = (raw, "command line")
         else:
             plain.append((key, raw, tok))
+    for group, (option, where) in selected.items():
+        if group not in GROUPS:
+            raise ConfigError(
+                f"{where}: unknown config group {group!r} (groups: {', '.join(GROUPS)})"
+            )
     # 2. the group files, in a fixed order
     for group in GROUPS:
         if group not in selected:
             continue
         option, where = selected[group]
         if command not in GROUPS[group]:
+            if where != "command line":  # a file shared by several commands
+                continue
             raise ConfigError(
                 f"{where}: config group {group!r} does not apply to `empas {command}` "
                 f"(it configures {', '.join('empas ' + c for c in GROUPS[group])})"
@@ -227,8 +234,8 @@ def compose(
                 )
             if not any(name in actions(subparsers[c]) for c in commands):
                 raise ConfigError(f"{where}: unknown option {name!r} for {scope!r}")
-            if command not in commands:
-                continue
+            if command not in commands or name not in acts:
+                continue  # an option of another command of the scope
         if name not in acts:
             raise ConfigError(
                 f"{where}: unknown option {name!r} for `empas {command}` "
