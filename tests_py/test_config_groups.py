@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from empas.cli import build_parser, main
-from empas.cli.config_groups import GROUPS, PACKAGED, split_overrides
 from empas.cli.config_files import actions, load_config
+from empas.cli.config_groups import GROUPS, PACKAGED, split_overrides
 
 
 def _printed(capsys) -> tuple[list[str], dict]:

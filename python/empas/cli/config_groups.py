@@ -181,7 +181,7 @@ def compose(
             selected[key] = (raw, "command line")
         else:
             plain.append((key, raw, tok))
-    for group, (option, where) in selected.items():
+    for group, (_, where) in selected.items():
         if group not in GROUPS:
             raise ConfigError(
                 f"{where}: unknown config group {group!r} (groups: {', '.join(GROUPS)})"
