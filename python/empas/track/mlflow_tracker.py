@@ -29,7 +29,8 @@ def import_mlflow():
 
 class MlflowTracker:
     """Logs to an MLflow run. ``tracking_uri`` (default $MLFLOW_TRACKING_URI, else a
-    local file store ``./mlruns``), ``experiment`` (default $MLFLOW_EXPERIMENT_NAME
+    local file store ``./mlruns``; a ``file:`` store sets ``MLFLOW_ALLOW_FILE_STORE=true``
+    when unset, which MLflow >= 3.7 needs for it), ``experiment`` (default $MLFLOW_EXPERIMENT_NAME
     or "empas"), or an existing ``run_id`` to log into. Settings become parameters
     (``search.pop_size``) and, whole, the artifact ``config.json``."""
 
@@ -49,6 +50,11 @@ class MlflowTracker:
             or Path("mlruns").resolve().as_uri()
         )
         self.tracking_uri = uri
+        if uri.startswith("file:") or "://" not in uri:
+            # MLflow >= 3.7 keeps the file store in maintenance mode and refuses it unless
+            # this is set; a local file store is what tracking_uri asked for (no server,
+            # no database driver), so opt in for this process
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         self.client = client_cls(tracking_uri=uri)
         self._own = run_id is None
         if run_id is None:
@@ -61,6 +67,7 @@ class MlflowTracker:
         self.run_id = run_id
         self._config: dict[str, Any] = {}
         self._params: dict[str, str] = {}
+        self._tables: list[dict[str, str]] = []
 
     def log_config(self, config: Mapping[str, Any]) -> None:
         from mlflow.entities import Param, RunTag
@@ -93,8 +100,13 @@ class MlflowTracker:
             self.client.log_batch(self.run_id, metrics=batch)
 
     def log_table(self, name: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-        data = {c: [plain(r[i]) for r in rows] for i, c in enumerate(columns)}
-        self.client.log_table(self.run_id, data=data, artifact_file=f"{name}.json")
+        # what MlflowClient.log_table writes (pandas' "split" layout) and the tag that makes
+        # the UI show it as a table, without pandas (whose 3.x warns inside log_table)
+        path = f"{name}.json"
+        doc = {"columns": list(columns), "data": [plain(list(r)) for r in rows]}
+        self.client.log_dict(self.run_id, doc, path)
+        self._tables.append({"path": path, "type": "table"})
+        self.client.set_tag(self.run_id, "mlflow.loggedArtifacts", json.dumps(self._tables))
 
     def log_artifact(self, path: str | os.PathLike, name: str | None = None) -> None:
         p = Path(path)
