@@ -340,3 +340,21 @@ def test_profile_and_verify_each_with_a_tracker(tiny_model_path, calib_texts, ev
     assert v.images["verify/predicted_vs_measured"][:4] == b"\x89PNG"
     counts = collections.Counter(k for _, m in v.metrics for k in m)
     assert counts["verify/loss"] == len(rep.rows)
+
+
+def test_mlflow_cli_search_and_a_missing_library_exits_2(tmp_path, mlflow_uri, monkeypatch, capsys):
+    from mlflow.tracking import MlflowClient
+
+    store = tmp_path / "store"
+    argv = ["search", "example:tinyllama", "-o", str(tmp_path / "r"), "generations=2"]
+    argv += ["pop_size=12", "--tracker", "mlflow", "--tracker-dir", str(store)]
+    assert main(argv + ["--tracker-project", "cli"]) == 0
+    c = MlflowClient(store.resolve().as_uri())
+    (run,) = c.search_runs([c.get_experiment_by_name("cli").experiment_id])
+    assert run.info.run_name == "empas-search" and run.info.status == "FINISHED"
+    assert run.data.params["search.pop_size"] == "12"
+    assert len(c.get_metric_history(run.info.run_id, "search/front_size")) == 2 + 1
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    capsys.readouterr()
+    assert main(argv[:4] + ["--force", "--tracker", "wandb"]) == 2
+    assert "pip install empas[wandb]" in capsys.readouterr().err
