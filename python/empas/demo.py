@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from .track import TrackerSpec, check_tracker, open_tracker
+from .track.stages import stage_config
 from .util.io import atomic_write_text
 from .util.sizes import format_bytes
 
@@ -111,6 +113,7 @@ def run_demo(
     force: bool = False,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    tracker: TrackerSpec = None,
 ) -> DemoResult:
     """Runs profile → search → verify → export on ``model`` and writes everything
     under ``out`` (see the module docstring). ``model``: a local HuggingFace
@@ -129,7 +132,19 @@ def run_demo(
     the proxy's best plan under uniform int4's bytes instead. ``budget``: a
     memory budget ("8MB", bytes): its best plan is verified and exported too.
     ``export_plan``: which plan to export (default: the budget plan when a budget
-    is given, else ``balanced``)."""
+    is given, else ``balanced``). ``tracker``: "wandb", "mlflow" (one run for the whole
+    demo, finished on return) or a tracker object (see :mod:`empas.track`): every
+    stage's settings and progress, the front, the plans, the verify report and plot,
+    and report.json / report.md."""
+    if isinstance(tracker, str):
+        given = dict(locals())
+        with open_tracker(tracker, run_name="empas-demo") as t:
+            given["tracker"] = t
+            return run_demo(**given)
+    if tracker is not None:
+        check_tracker(tracker)
+        settings = {k: v for k, v in locals().items() if k not in ("tracker", "log")}
+        stage_config(tracker, "demo", settings)
     import empas
     from empas.verify import best_under_uniform, uniform_plan, write_json
 
@@ -185,7 +200,13 @@ def run_demo(
         seed=seed,
     )
     prof = empas.profile(
-        path, calib, checkpoint=ckpt, config=config, on_stale="restart", progress=progress
+        path,
+        calib,
+        checkpoint=ckpt,
+        config=config,
+        on_stale="restart",
+        progress=progress,
+        tracker=tracker,
     )
     files["profile"] = prof.save(outp / "profile.json")
     tm = prof.meta.get("timings", {})
@@ -206,6 +227,7 @@ def run_demo(
         seed=seed,
         threads=threads,
         progress=progress and method == "nsga2",
+        tracker=tracker,
     )
     exact = res if method == "exact" else empas.search(prof, method="exact")
     paths = res.save(outp / "search", overwrite=True)
@@ -257,6 +279,7 @@ def run_demo(
         memory=memory,
         device=device,
         progress=progress,
+        tracker=tracker,
     )
     doc = rep.document()
     honesty = doc.get("honesty")
@@ -329,6 +352,9 @@ def run_demo(
     write_json(rj, report)
     text = report_text(report)
     atomic_write_text(rm, "```\n" + text + "\n```\n")
+    if tracker is not None:
+        tracker.log_artifact(rj, "demo-report")
+        tracker.log_artifact(rm, "demo-report-md")
     return DemoResult(outp, prof, res, exact, rep, report, files)
 
 

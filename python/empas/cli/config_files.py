@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ConfigError", "apply_config", "load_config"]
+__all__ = ["ConfigError", "actions", "apply_config", "convert", "load_config"]
 
 
 class ConfigError(ValueError):
@@ -84,7 +84,7 @@ def actions(sub: argparse.ArgumentParser) -> dict[str, argparse.Action]:
     return {
         a.dest: a
         for a in sub._actions
-        if not isinstance(a, skip) and a.dest not in ("config", "print_config")
+        if not isinstance(a, skip) and a.dest not in ("config", "print_config", "config_dir")
     }
 
 
@@ -114,7 +114,8 @@ def _convert_one(a: argparse.Action, v: Any, where: str) -> Any:
     return v
 
 
-def _convert(a: argparse.Action, v: Any, where: str) -> Any:
+def convert(a: argparse.Action, v: Any, where: str) -> Any:
+    """``v`` from a config file or an override as ``a`` takes it; errors say ``where``."""
     if isinstance(a, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
         if not isinstance(v, bool):
             raise ConfigError(f"{where}: {a.dest!r} must be true or false, got {v!r}")
@@ -160,7 +161,7 @@ def apply_config(
             raise ConfigError(f"{path}: unknown option {k!r} (no empas command has it)")
     for k, v in top.items():
         if _key(k) in acts:
-            values[_key(k)] = _convert(acts[_key(k)], v, path)
+            values[_key(k)] = convert(acts[_key(k)], v, path)
     for sect_name, sect in doc.items():
         if _key(sect_name) not in subparsers:
             continue
@@ -174,7 +175,7 @@ def apply_config(
                     f"{path}: [{sect_name}] has unknown option {k!r}; `empas {command} --help` "
                     "lists them"
                 )
-            values[_key(k)] = _convert(acts[_key(k)], v, f"{path} [{sect_name}]")
+            values[_key(k)] = convert(acts[_key(k)], v, f"{path} [{sect_name}]")
     sub.set_defaults(**values)
     return values
 

@@ -75,11 +75,60 @@ def _common() -> argparse.ArgumentParser:
         "the command line overrides it",
     )
     g.add_argument(
+        "--config-dir",
+        metavar="DIR",
+        help="a folder of config groups (DIR/search/NAME.yaml ...), searched before the "
+        "packaged ones; select with group=NAME",
+    )
+    g.add_argument(
         "--print-config",
         action="store_true",
-        help="print the options this command would run with (YAML) and exit",
+        help="print the options this command would run with (YAML), after config groups, "
+        "--config, key=value overrides and options, and exit",
     )
     return c
+
+
+def _tracker(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("experiment tracking")
+    g.add_argument(
+        "--tracker",
+        choices=["wandb", "mlflow"],
+        help="log settings, progress, results and artifacts to Weights & Biases or MLflow "
+        "(pip install empas[wandb] / empas[mlflow])",
+    )
+    g.add_argument(
+        "--tracker-project",
+        metavar="NAME",
+        help="W&B project / MLflow experiment (default $WANDB_PROJECT / "
+        "$MLFLOW_EXPERIMENT_NAME, else empas)",
+    )
+    g.add_argument(
+        "--tracker-dir",
+        metavar="DIR",
+        help="W&B: where the run's files go; MLflow: a local file store "
+        "(default $WANDB_DIR / $MLFLOW_TRACKING_URI, else ./mlruns)",
+    )
+    g.add_argument("--run-name", help="the tracker run's name")
+
+
+def _open_tracker(a: argparse.Namespace):
+    """The tracker the command logs to (None without --tracker); the caller finishes it."""
+    if not getattr(a, "tracker", None):
+        return None
+    from pathlib import Path
+
+    from empas.track import make_tracker
+
+    opts: dict = {}
+    if a.tracker == "wandb":
+        opts = {"project": a.tracker_project, "dir": a.tracker_dir}
+    else:
+        opts = {
+            "experiment": a.tracker_project,
+            "tracking_uri": Path(a.tracker_dir).resolve().as_uri() if a.tracker_dir else None,
+        }
+    return make_tracker(a.tracker, run_name=a.run_name or f"empas-{a.command}", **opts)
 
 
 def _sub(sub, name: str, help: str, parents) -> argparse.ArgumentParser:
@@ -259,6 +308,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     _device(d)
     _quiet(d)
     d.add_argument("--force", action="store_true", help="replace the results of an earlier run")
+    _tracker(d)
 
     s = subs["search"] = _sub(
         sub, "search", "search the Pareto front of a sensitivity profile", parents
@@ -306,6 +356,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     )
     s.add_argument("--progress", action="store_true", help="show a progress bar")
     s.add_argument("--force", action="store_true", help="overwrite existing output files")
+    _tracker(s)
 
     r = subs["profile"] = _sub(
         sub,
@@ -349,6 +400,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         action="store_true",
         help="overwrite the output file (and replace a checkpoint of another run)",
     )
+    _tracker(r)
 
     v = subs["verify"] = _sub(
         sub,
@@ -386,6 +438,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     )
     _quiet(v)
     v.add_argument("--force", action="store_true", help="overwrite the output files")
+    _tracker(v)
 
     e = subs["export"] = _sub(
         sub,
@@ -517,6 +570,7 @@ def _cmd_demo(a: argparse.Namespace) -> int:
         device=a.device,
         force=a.force,
         progress=not a.quiet,
+        tracker=a.tracker_obj,
     )
     print()
     print(res.text())
@@ -595,6 +649,7 @@ def _cmd_search(a: argparse.Namespace) -> int:
         progress=a.progress,
         resolution=a.resolution,
         table=a.table,
+        tracker=a.tracker_obj,
     )
     paths = res.save(a.out, overwrite=a.force)
     print(res.summary())
@@ -674,6 +729,7 @@ def _cmd_profile(a: argparse.Namespace) -> int:
             config=config,
             on_stale="restart" if a.force else "error",
             progress=not a.quiet,
+            tracker=a.tracker_obj,
         )
     except empas.StaleCheckpointError as exc:
         raise ValueError(f"{exc} (or pass --force to start over)") from None
@@ -776,7 +832,15 @@ def _cmd_verify(a: argparse.Namespace) -> int:
         mode=a.mode,
         memory=a.memory,
     )
-    rep = verify(model, plans or None, ev, profile=prof, config=config, progress=not a.quiet)
+    rep = verify(
+        model,
+        plans or None,
+        ev,
+        profile=prof,
+        config=config,
+        progress=not a.quiet,
+        tracker=a.tracker_obj,
+    )
     print(rep.table())
     doc = rep.document()
     if "honesty" in doc:
@@ -896,11 +960,16 @@ COMMANDS = {
 }
 
 
-def _print_config(sub: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+def _print_config(sub: argparse.ArgumentParser, a: argparse.Namespace, composed=None) -> None:
     import json
 
     from empas.cli.config_files import actions
 
+    if composed is not None and composed.groups:
+        print(
+            "# config groups: "
+            + ", ".join(f"{g}={o} ({p})" for g, (o, p) in composed.groups.items())
+        )
     print(f"{a.command}:")
     for dest in actions(sub):
         v = getattr(a, dest, None)
@@ -908,15 +977,20 @@ def _print_config(sub: argparse.ArgumentParser, a: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from empas.cli.config_groups import split_overrides
+
     parser, subs = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    argv, overrides = split_overrides(argv, subs)
     args = parser.parse_args(argv)
     cmd = args.command
+    composed = None
     try:
-        if args.config:
-            from empas.cli.config_files import apply_config, load_config
+        if args.config or overrides:
+            from empas.cli.config_groups import compose
 
-            apply_config(parser, subs, cmd, load_config(args.config), args.config)
-            args = parser.parse_args(argv)  # the command line over the file
+            composed = compose(parser, subs, cmd, overrides, args.config, args.config_dir)
+            args = parser.parse_args(argv)  # the command line's options over all of it
         from empas.cli.config_files import required_missing
 
         missing = required_missing(subs[cmd], args, REQUIRED.get(cmd, []))
@@ -927,10 +1001,19 @@ def main(argv: list[str] | None = None) -> int:
                 + " (on the command line or in a --config file)"
             )
         if args.print_config:
-            _print_config(subs[cmd], args)
+            _print_config(subs[cmd], args, composed)
             return 0
         _join_gguf_file(args)
-        return COMMANDS[cmd](args)
+        args.tracker_obj = _open_tracker(args)
+        try:
+            rc = COMMANDS[cmd](args)
+        except BaseException:
+            if args.tracker_obj is not None:
+                args.tracker_obj.fail()
+            raise
+        if args.tracker_obj is not None:
+            args.tracker_obj.finish()
+        return rc
     except (ValueError, OSError, ImportError) as exc:  # OSError: missing file, directory...
         print(f"empas {cmd}: error: {exc}", file=sys.stderr)
         return 2

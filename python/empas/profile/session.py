@@ -24,6 +24,8 @@ from ..models.loading import (
 )
 from ..models.structure import distinct
 from ..quant.apply import Undo, quantize_members
+from ..track import TrackerSpec, log_profile, open_tracker, profile_progress
+from ..track.stages import stage_config
 from ..util.progress import progress_bar
 from ..util.settings import settle
 from .calibration import batches, calibration_tokens, extra_windows
@@ -167,7 +169,15 @@ class Session:
             quantize_members(spec.members, bits, self.qs, undo)
         return undo
 
-    def measure(self, checkpoint=None, on_stale: str = "error", progress: bool = True) -> Profile:
+    def measure(
+        self,
+        checkpoint=None,
+        on_stale: str = "error",
+        progress: bool = True,
+        on_experiment: Callable[[dict[str, Any]], None] | None = None,
+    ) -> Profile:
+        """Runs the experiments; ``on_experiment`` receives, after each, the count
+        done and in all, the unit, bits, the cell's mean Δloss and its seconds."""
         import torch
 
         cfg = self.config
@@ -216,7 +226,7 @@ class Session:
                 )
             ck.done["baseline"] = base.tolist()
             times = []
-            for u, c in todo:
+            for k, (u, c) in enumerate(todo):
                 spec, bits = self.specs[u], self.choices[c]
                 te = time.perf_counter()
                 undo = self._change(spec, bits, runner)
@@ -231,6 +241,17 @@ class Session:
                 ck.done[_ekey(spec, bits)] = losses.tolist()
                 ck.save()
                 times.append(time.perf_counter() - te)
+                if on_experiment is not None:
+                    on_experiment(
+                        {
+                            "done": len(experiments) - len(todo) + k + 1,
+                            "total": len(experiments),
+                            "unit": spec.name,
+                            "bits": bits,
+                            "delta": float(np.mean(losses) - np.mean(base)),
+                            "seconds": times[-1],
+                        }
+                    )
                 bar.set_postfix_str(f"{spec.name}@{bits}", refresh=False)
                 bar.update(1)
         finally:
@@ -439,6 +460,7 @@ def profile(
     token_budget: int | None = None,
     on_stale: str = "error",
     progress: bool = True,
+    tracker: TrackerSpec = None,
 ) -> Profile:
     """Measures Δloss for every (unit, choice); returns an ``empas.sensitivity/1`` profile.
 
@@ -468,12 +490,28 @@ def profile(
     used so far, round after round, until none is left or a cell would pass
     ``token_budget`` tokens (default 8x ``n_tokens``); ``source.adaptive.tokens``
     records the tokens each cell used. ``config``: all these settings as one
-    :class:`~empas.ProfileConfig` instead of keywords.
+    :class:`~empas.ProfileConfig` instead of keywords. ``tracker``: "wandb",
+    "mlflow" (a new run, finished on return) or a tracker object (see
+    :mod:`empas.track`): the settings, the model's fingerprint, each experiment as
+    it finishes, the Δ table and the profile file.
     """
     given = dict(locals())
     cfg = settle(ProfileConfig, config, given)
-    return Session(model_or_path, calibration, cfg, tokenizer).measure(
-        checkpoint=Path(checkpoint) if checkpoint is not None else None,
-        on_stale=on_stale,
-        progress=progress,
-    )
+    with open_tracker(tracker, run_name="empas-profile") as t:
+        session = Session(model_or_path, calibration, cfg, tokenizer)
+        stage_config(
+            t,
+            "profile",
+            cfg,
+            model=session.model_meta,
+            calibration=session.calib_meta,
+            checkpoint=str(checkpoint) if checkpoint is not None else None,
+        )
+        prof = session.measure(
+            checkpoint=Path(checkpoint) if checkpoint is not None else None,
+            on_stale=on_stale,
+            progress=progress,
+            on_experiment=profile_progress(t),
+        )
+        log_profile(t, prof)
+    return prof

@@ -23,6 +23,8 @@ from .._native import core
 from ..plan import Plan
 from ..profile.fit import fit_table
 from ..profile.table import Profile, load_profile
+from ..track import TrackerSpec, log_search, open_tracker, search_progress
+from ..track.stages import stage_config
 from ..util.progress import progress_bar
 from .config import SearchConfig
 from .result import Front, SearchResult
@@ -56,6 +58,7 @@ def search(
     max_points: int = 2_000_000,
     resolution: int | str | None = None,
     table: str = "monotone",
+    tracker: TrackerSpec = None,
 ) -> SearchResult:
     """Searches bit allocations on a sensitivity profile.
 
@@ -89,11 +92,29 @@ def search(
         table: "monotone" (default: the noise-aware fitted table of
             :func:`empas.fit_table`, Δ non-increasing in bits per unit; the result's
             plans carry its standard errors) or "raw" (the measured cells as they are).
+        tracker: "wandb", "mlflow" (a new run, finished on return) or a tracker object
+            (see :mod:`empas.track`): the settings, each generation (front size,
+            hypervolume, best loss, evaluations/s), the front as a table and the
+            archetype plans as an artifact.
     """
     given = locals()
     cfg = SearchConfig(**{f.name: given[f.name] for f in fields(SearchConfig)})
     if not isinstance(profile, Profile):
         profile = load_profile(profile)
+    with open_tracker(tracker, run_name="empas-search") as t:
+        stage_config(t, "search", cfg, profile)
+        res = _search(profile, cfg, initial, progress, search_progress(t))
+        log_search(t, res)
+    return res
+
+
+def _search(
+    profile: Profile,
+    cfg: SearchConfig,
+    initial: Any,
+    progress: Any,
+    on_generation: Callable[[dict[str, Any]], None] | None,
+) -> SearchResult:
     profile = fit_table(profile, cfg.table)
     problem = profile.problem(
         cfg.max_bytes, cfg.max_avg_bits, cfg.pinned, cfg.allowed_bits, cfg.latency
@@ -128,7 +149,7 @@ def search(
             rows = [profile.genome(_as_plan_input(p)) for p in initial]
             if rows:
                 init = np.stack(rows).astype(np.int64)
-        cb, close = _progress_callback(progress, cfg.generations)
+        cb, close = _progress_callback(progress, cfg.generations, on_generation)
         try:
             r = core().run_nsga2(
                 problem,
@@ -191,7 +212,21 @@ def _unique_rows(a: np.ndarray) -> np.ndarray:
     return a[keep]
 
 
-def _progress_callback(progress: Any, total: int):
+def _progress_callback(progress: Any, total: int, also: Callable[[dict[str, Any]], None] | None):
+    """The native progress callback: ``progress`` (a bar or the user's callable)
+    and ``also`` (the tracker's), each generation."""
+    cb, close = _user_callback(progress, total)
+    if also is None:
+        return cb, close
+
+    def both(stats: dict[str, Any]) -> bool:
+        also(stats)
+        return True if cb is None else cb(stats)
+
+    return both, close
+
+
+def _user_callback(progress: Any, total: int):
     if callable(progress):
         # Python truthiness for any return value (None: go on); the native
         # side only converts None and bools.

@@ -24,6 +24,8 @@ from collections.abc import Mapping, Sequence
 from ..plan import Plan, as_plan
 from ..profile.table import Profile
 from ..quant.apply import resolve
+from ..track import TrackerSpec, log_verify, open_tracker
+from ..track.stages import stage_config
 from ..util.progress import progress_bar
 from ..util.settings import settle
 from .baselines import best_under_uniform, bits_name, uniform_plan
@@ -72,6 +74,7 @@ def verify(
     device: str | None = None,
     config: VerifyConfig | None = None,
     progress: bool = True,
+    tracker: TrackerSpec = None,
 ) -> VerifyReport:
     """Measures ``plans`` (a SearchResult — its archetypes —, a Plan, a path, a
     list or a name -> plan mapping) and the uniform ``baselines`` on held-out
@@ -85,11 +88,22 @@ def verify(
     directory and loads it in a fresh process, reporting the resident memory
     (and GPU memory on CUDA) it takes. Each plan's ``measured`` field is filled
     in. ``config``: the settings as one :class:`~empas.VerifyConfig` instead of
-    keywords. Returns a :class:`VerifyReport`."""
+    keywords. ``tracker``: "wandb", "mlflow" (a new run, finished on return) or a
+    tracker object (see :mod:`empas.track`): the settings, each plan's measurements,
+    the report as a table and as verify.json, and the predicted-vs-measured plot.
+    Returns a :class:`VerifyReport`."""
     cfg = settle(VerifyConfig, config, dict(locals()))
+    with open_tracker(tracker, run_name="empas-verify") as t:
+        rep = _verify(model, plans, eval_text, profile, tokenizer, cfg, progress, t)
+        log_verify(t, rep)
+    return rep
+
+
+def _verify(model, plans, eval_text, profile, tokenizer, cfg, progress, t) -> VerifyReport:
     if eval_text is None:
         raise ValueError("eval_text is required: held-out text to measure on")
     v = Verifier(model, eval_text, cfg, profile, tokenizer)
+    stage_config(t, "verify", cfg, v.profile, model=v.model_name)
     named = named_plans(plans)
     template = v.profile if v.profile is not None else (named[0][1] if named else None)
     if template is None:
