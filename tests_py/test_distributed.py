@@ -124,3 +124,43 @@ def test_two_gloo_ranks_give_the_single_process_table(tiny_model_path, calib_fil
     assert np.array_equal(again.delta, ref.delta)
     assert again.meta["timings"]["experiments"] == 0
     assert all(x["measured"] == 0 for x in again.meta["source"]["distributed"]["ranks"])
+
+
+def _rank_with_seed(rank: int, model: str, calib: str, init: str, q) -> None:
+    import torch
+    import torch.distributed as dist
+
+    import empas
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    try:
+        empas.profile(model, calib, seed=rank, progress=False, **SETTINGS)  # seeds differ
+        q.put((rank, "ok", ""))
+    except Exception as exc:
+        q.put((rank, type(exc).__name__, str(exc)))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_mismatched_settings_across_ranks_are_refused(tiny_model_path, calib_file, tmp_path):
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    init = f"file://{tmp_path / 'rendezvous'}"
+    procs = [
+        ctx.Process(
+            target=_rank_with_seed, args=(r, str(tiny_model_path), str(calib_file), init, q)
+        )
+        for r in range(2)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=600)  # the messages are small: the queue does not block the exit
+    assert [p.exitcode for p in procs] == [0, 0]  # a crashed rank fails here, not by timeout
+    got = sorted(q.get(timeout=30) for _ in procs)
+    for rank, kind, msg in got:
+        assert kind == "ProfileError", (rank, kind, msg)
+        assert "rank(s) [1] differ from rank 0" in msg
