@@ -227,11 +227,11 @@ def _bench(cfg, seq_len: int, device: str, dtype, repeats: int) -> dict[str, Any
     with torch.no_grad():
         for p in m.parameters():
             p.copy_((torch.randn(p.shape, generator=g) * 0.02).to(p.dtype))
-        for name, b in m.named_buffers():  # rotary inv_freq etc.: recompute from the config
-            if "inv_freq" in name:
-                mod = m.get_submodule(name.rsplit(".", 1)[0])
-                inv, _ = mod.rope_init_fn(mod.config, b.device)
-                b.copy_(inv)
+    for name, mod in list(m.named_modules()):  # rotary embeddings: rebuilt from the config
+        if "inv_freq" in dict(mod.named_buffers(recurse=False)) and hasattr(mod, "config"):
+            parent, _, child = name.rpartition(".")
+            with torch.device(device):
+                setattr(m.get_submodule(parent), child, type(mod)(config=mod.config))
     m.eval()
     _, _, blocks = build_units(m, "block", False, False)
     head = m.get_output_embeddings()
