@@ -45,6 +45,7 @@ from .profile import (
     fit_table,
     load_profile,
     profile,
+    profile_cost,
     rank_correlation,
     synthetic_profile,
 )
@@ -105,6 +106,7 @@ __all__ = [
     "packing",
     "parse_size",
     "profile",
+    "profile_cost",
     "rank_correlation",
     "refine",
     "save_quantized",

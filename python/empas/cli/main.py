@@ -401,6 +401,19 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         help="overwrite the output file (and replace a checkpoint of another run)",
     )
     _tracker(r)
+    r.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the cost (units, cells, forward passes, memory, time per rank count) and "
+        "exit; MODEL may also be a config.json or a named shape (llama-3.1-8b, llama-3.1-70b, "
+        "qwen2.5-7b), built on the meta device",
+    )
+    _comma(r.add_argument("--ranks", default="1,2,4,8", help="--dry-run: rank counts"))
+    r.add_argument(
+        "--no-benchmark",
+        action="store_true",
+        help="--dry-run: counts only, no micro-benchmark of one block (no time estimate)",
+    )
 
     v = subs["verify"] = _sub(
         sub,
@@ -685,10 +698,58 @@ def _cmd_search(a: argparse.Namespace) -> int:
 
 
 def _cmd_profile(a: argparse.Namespace) -> int:
+    from empas.profile.distributed import init_from_env
+
+    if a.dry_run:
+        return _profile_dry_run(a)
+
+    inited, device = init_from_env(a.device)  # under torchrun: one process group
+    try:
+        return _profile_run(a, device)
+    finally:
+        if inited:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _profile_dry_run(a: argparse.Namespace) -> int:
     from pathlib import Path
 
     import empas
+    from empas.profile.cost import SHAPES
 
+    src = a.model
+    if src.lower() not in SHAPES and not Path(src).exists():
+        src = _model_arg(src)  # example:... names
+    est = empas.profile_cost(
+        src,
+        units=a.units,
+        choices=_split(a.bits, "--bits"),
+        estimate=_split(a.estimate_bits, "--estimate-bits"),
+        n_tokens=a.n_tokens,
+        seq_len=a.seq_len,
+        batch_size=a.batch_size,
+        loss=a.loss,
+        cache=not a.no_cache,
+        embeddings=a.embeddings,
+        head=a.head,
+        device=a.device or "cpu",
+        ranks=_split(a.ranks, "--ranks"),
+        benchmark=not a.no_benchmark,
+    )
+    print(est)
+    return 0
+
+
+def _profile_run(a: argparse.Namespace, device: str | None) -> int:
+    from pathlib import Path
+
+    import empas
+    from empas.profile.distributed import current_group
+
+    group = current_group()
+    lead = group is None or group.rank == 0  # the rank that prints and writes
     out = Path(a.out)
     if out.exists() and not a.force:
         raise FileExistsError(f"{out} exists; pass --force to overwrite it")
@@ -710,7 +771,7 @@ def _cmd_profile(a: argparse.Namespace) -> int:
         n_tokens=a.n_tokens,
         seq_len=a.seq_len,
         batch_size=a.batch_size,
-        device=a.device,
+        device=device,
         seed=a.seed,
         group_size=a.group_size,
         symmetric=not a.asymmetric,
@@ -728,11 +789,13 @@ def _cmd_profile(a: argparse.Namespace) -> int:
             checkpoint=a.checkpoint,
             config=config,
             on_stale="restart" if a.force else "error",
-            progress=not a.quiet,
+            progress=not a.quiet and lead,
             tracker=a.tracker_obj,
         )
     except empas.StaleCheckpointError as exc:
         raise ValueError(f"{exc} (or pass --force to start over)") from None
+    if not lead:
+        return 0
     prof.save(out)
     t = prof.meta["timings"]
     print(prof)
@@ -741,6 +804,14 @@ def _cmd_profile(a: argparse.Namespace) -> int:
         f"baseline loss {prof.baseline:.4f}; {t['experiments']} experiments in "
         f"{t['experiments_s']:.1f} s (+{t['baseline_s']:.1f} s baseline and cache)"
     )
+    dist_info = prof.meta.get("source", {}).get("distributed")
+    if dist_info:
+        for r in dist_info["ranks"]:
+            print(
+                f"  rank {r['rank']} ({r['host']}, {r['device']}): {r['n_cells']} cells "
+                f"({r['measured']} measured, {r['resumed']} resumed), {r['cost_blocks']} "
+                f"block-passes, {r['experiments_s']:.1f} s"
+            )
     print(f"wrote {out}")
     if a.estimate:
         est = empas.estimate_sensitivity(model, calib, config=config)
@@ -993,7 +1064,10 @@ def main(argv: list[str] | None = None) -> int:
             args = parser.parse_args(argv)  # the command line's options over all of it
         from empas.cli.config_files import required_missing
 
-        missing = required_missing(subs[cmd], args, REQUIRED.get(cmd, []))
+        need = REQUIRED.get(cmd, [])
+        if cmd == "profile" and args.dry_run:
+            need = [n for n in need if n != "out"]  # a dry run writes nothing
+        missing = required_missing(subs[cmd], args, need)
         if missing:
             subs[cmd].error(
                 "the following arguments are required: "

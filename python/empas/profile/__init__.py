@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from ..errors import ProfileError, StaleCheckpointError
 from .config import LOSSES, UNIT_MODES, ProfileConfig
+from .cost import SHAPES, CostEstimate, profile_cost
 from .estimator import estimate_sensitivity, rank_correlation
 from .fit import TABLES, adjustment, fit_table, plan_stderr
 from .session import profile
@@ -30,12 +31,14 @@ from .synthetic import synthetic_profile
 from .table import NEGATIVE_POLICIES, Profile, Unit, example_profile, load_profile
 
 __all__ = [
+    "CostEstimate",
     "LOSSES",
     "NEGATIVE_POLICIES",
     "UNIT_MODES",
     "Profile",
     "ProfileConfig",
     "ProfileError",
+    "SHAPES",
     "StaleCheckpointError",
     "TABLES",
     "Unit",
@@ -46,6 +49,7 @@ __all__ = [
     "load_profile",
     "plan_stderr",
     "profile",
+    "profile_cost",
     "rank_correlation",
     "synthetic_profile",
 ]

@@ -31,6 +31,7 @@ from ..util.settings import settle
 from .calibration import batches, calibration_tokens, extra_windows
 from .checkpoint import ProfileCheckpoint
 from .config import ProfileConfig
+from .distributed import Group, cell_cost, current_group, share
 from .fisher import fisher_deltas, fisher_diagonal
 from .runner import Runner
 from .table import Profile
@@ -191,25 +192,44 @@ class Session:
             cfg.cache,
             torch.device(cfg.cache_device) if cfg.cache_device else self.device,
         )
-        ck = ProfileCheckpoint(checkpoint, self._key(), on_stale)
+        group = current_group()
+        if group is not None:
+            self._check_group(group)
+        ck = ProfileCheckpoint(_rank_path(checkpoint, group), self._key(), on_stale)
         ck.load()
+        if group is not None and checkpoint is not None:
+            merged = ProfileCheckpoint(checkpoint, self._key(), on_stale)
+            merged.load()  # a finished earlier run's merged cells count as done too
+            for k, v in merged.done.items():
+                if "|" in k and "#" not in k:
+                    ck.done.setdefault(k, v)
         experiments = [
             (u, c)
             for u, spec in enumerate(self.specs)
             for c, bits in enumerate(self.choices)
             if not (bits == 0 and spec.block is None) and bits not in cfg.estimate
         ]
+        all_experiments = experiments
+        if group is not None:
+            costs = [
+                cell_cost(self.specs[u].start, len(self.blocks), cfg.cache) for u, _ in experiments
+            ]
+            mine = share(costs, group.world)[group.rank]
+            experiments = [experiments[i] for i in mine]
+            my_cost = sum(costs[i] for i in mine)
         todo = [
             (u, c) for u, c in experiments if _ekey(self.specs[u], self.choices[c]) not in ck.done
         ]
         bar = progress_bar(
             len(experiments),
-            "empas profile",
+            "empas profile" if group is None else f"empas profile [rank {group.rank}]",
             "exp",
             enabled=progress,
             initial=len(experiments) - len(todo),
         )
         t0 = time.perf_counter()
+        failure = None
+        times = []
         try:
             base = runner.baseline()
             t_base = time.perf_counter() - t0
@@ -221,45 +241,56 @@ class Session:
                 ck.done["baseline"], base, rtol=1e-5, atol=1e-6
             ):
                 raise FormatError(
-                    f"checkpoint {checkpoint}: the baseline measured now differs from the one it "
+                    f"checkpoint {ck.path}: the baseline measured now differs from the one it "
                     "holds (different weights, device or software?); delete it to start over"
                 )
             ck.done["baseline"] = base.tolist()
-            times = []
-            for k, (u, c) in enumerate(todo):
-                spec, bits = self.specs[u], self.choices[c]
-                te = time.perf_counter()
-                undo = self._change(spec, bits, runner)
-                try:
-                    losses = runner.run(spec.start)
-                finally:
-                    undo.restore()
-                if not np.all(np.isfinite(losses)):
-                    raise ProfileError(
-                        f"the loss is NaN or infinite with unit {spec.name!r} at {bits} bits"
-                    )
-                ck.done[_ekey(spec, bits)] = losses.tolist()
-                ck.save()
-                times.append(time.perf_counter() - te)
-                if on_experiment is not None:
-                    on_experiment(
-                        {
-                            "done": len(experiments) - len(todo) + k + 1,
-                            "total": len(experiments),
-                            "unit": spec.name,
-                            "bits": bits,
-                            "delta": float(np.mean(losses) - np.mean(base)),
-                            "seconds": times[-1],
-                        }
-                    )
-                bar.set_postfix_str(f"{spec.name}@{bits}", refresh=False)
-                bar.update(1)
+            try:
+                for k, (u, c) in enumerate(todo):
+                    spec, bits = self.specs[u], self.choices[c]
+                    te = time.perf_counter()
+                    undo = self._change(spec, bits, runner)
+                    try:
+                        losses = runner.run(spec.start)
+                    finally:
+                        undo.restore()
+                    if not np.all(np.isfinite(losses)):
+                        raise ProfileError(
+                            f"the loss is NaN or infinite with unit {spec.name!r} at {bits} bits"
+                        )
+                    ck.done[_ekey(spec, bits)] = losses.tolist()
+                    ck.save()
+                    times.append(time.perf_counter() - te)
+                    if on_experiment is not None:
+                        on_experiment(
+                            {
+                                "done": len(experiments) - len(todo) + k + 1,
+                                "total": len(experiments),
+                                "unit": spec.name,
+                                "bits": bits,
+                                "delta": float(np.mean(losses) - np.mean(base)),
+                                "seconds": times[-1],
+                            }
+                        )
+                    bar.set_postfix_str(f"{spec.name}@{bits}", refresh=False)
+                    bar.update(1)
+            except Exception as exc:
+                if group is None:
+                    raise
+                failure = f"{type(exc).__name__}: {exc}"  # told to the other ranks below
         finally:
             bar.close()
             runner.cached.clear()
             runner.reference.clear()
             if was_training:
                 self.model.train()
+        t_mine = time.perf_counter() - t0 - t_base
+        dist_info = None
+        if group is not None:
+            base, dist_info = self._gather(
+                group, ck, experiments, base, failure, t_mine, times, my_cost,
+                len(experiments) - len(todo), checkpoint,
+            )  # fmt: skip
         if fingerprint(self.model) != self.model_meta["fingerprint"]:  # belt and braces
             raise RuntimeError("EMPAS bug: the model's weights were not restored exactly")
         t_est = time.perf_counter()
@@ -298,16 +329,23 @@ class Session:
                 srow.append(float(d.std(ddof=1) / math.sqrt(d.size)) if d.size > 1 else 0.0)
             delta.append(drow)
             stderr.append(srow)
+        measured, resumed = len(todo), len(experiments) - len(todo)
+        if dist_info is not None:
+            measured = sum(r["measured"] for r in dist_info["ranks"])
+            resumed = len(all_experiments) - measured
+            times = dist_info.pop("times")
         timings = {
             "baseline_s": round(t_base, 4),
-            "experiments": len(todo),
-            "resumed": len(experiments) - len(todo),
+            "experiments": measured,
+            "resumed": resumed,
             "experiments_s": round(total - t_base - t_est, 4),
             "per_experiment_s": round(float(np.median(times)), 5) if times else None,
             "total_s": round(total, 4),
             "cache": bool(cfg.cache),
         }
         extra = {}
+        if dist_info is not None:
+            extra["distributed"] = dist_info
         if adaptive is not None:
             extra["adaptive"] = adaptive
         if cfg.estimate:
@@ -318,6 +356,79 @@ class Session:
                 "cells": len(self.specs) * len(cfg.estimate),
             }
         return self.make_profile(float(base.mean()), delta, stderr, self.loss_name, timings, extra)
+
+    def _check_group(self, group: Group) -> None:
+        """Refuses, before any measurement, settings that differ across ranks
+        (everything but the device) and what is not sharded yet."""
+        settings = {
+            k: v for k, v in self.config.to_dict().items() if k not in ("device", "cache_device")
+        }
+        group.check_same({"key": self._key(), "settings": settings})
+        cfg = self.config
+        if cfg.target_stderr is not None or cfg.token_budget is not None:
+            raise ValueError(
+                "adaptive measurement (target_stderr / token_budget) is not sharded across "
+                "torch.distributed ranks yet: profile without it, or in one process"
+            )
+
+    def _gather(self, group, ck, mine, base, failure, t_mine, times, cost, resumed, checkpoint):
+        """Every rank's cells into ``ck.done`` (on every rank); rank 0 writes the
+        merged checkpoint. Returns (rank 0's baseline, the provenance record)."""
+        cells = {}
+        for u, c in mine:
+            k = _ekey(self.specs[u], self.choices[c])
+            if k in ck.done:
+                cells[k] = ck.done[k]
+        msg = {
+            "rank": group.rank,
+            "host": group.host(),
+            "device": str(self.device),
+            "error": failure,
+            "baseline": base.tolist(),
+            "cells": cells,
+            "n_cells": len(mine),
+            "measured": len(times),
+            "resumed": resumed,
+            "cost_blocks": cost,
+            "experiments_s": round(t_mine, 4),
+            "times": times,
+        }
+        all_msgs = group.gather(msg)
+        bad = [m for m in all_msgs if m["error"] is not None]
+        if bad:
+            raise ProfileError(
+                "torch.distributed: "
+                + "; ".join(f"rank {m['rank']} ({m['host']}) failed: {m['error']}" for m in bad)
+                + " (each rank's checkpoint keeps its finished cells: rerun the same command)"
+            )
+        base0 = np.asarray(all_msgs[0]["baseline"])
+        for m in all_msgs[1:]:
+            if not np.allclose(m["baseline"], base0, rtol=1e-5, atol=1e-6):
+                raise ProfileError(
+                    f"torch.distributed: rank {m['rank']}'s baseline loss "
+                    f"{np.mean(m['baseline']):.6f} differs from rank 0's {base0.mean():.6f} "
+                    "(different weights, dtype or device software?)"
+                )
+        for m in all_msgs:
+            ck.done.update(m["cells"])
+        if group.rank == 0 and checkpoint is not None:
+            merged = ProfileCheckpoint(checkpoint, ck.key)
+            merged.done = {"baseline": base0.tolist()}
+            merged.done.update({k: v for m in all_msgs for k, v in m["cells"].items()})
+            merged.save()
+        ranks = [
+            {k: m[k] for k in ("rank", "host", "device", "n_cells", "measured", "resumed",
+                               "cost_blocks", "experiments_s")}
+            for m in all_msgs
+        ]  # fmt: skip
+        info = {
+            "world_size": group.world,
+            "backend": group.backend,
+            "share": "greedy longest-processing-time by blocks run per cell",
+            "ranks": ranks,
+            "times": [t for m in all_msgs for t in m["times"]],
+        }
+        return base0, info
 
     def _undecided(self, seqs: dict[str, np.ndarray]) -> list[tuple[int, int]]:
         """Cells (unit, choice index) whose order against a neighbouring choice of
@@ -427,6 +538,13 @@ class Session:
             "refined_cells": sum(1 for k in tokens if tokens[k] > n0 * seq_len),
             "tokens": [[tokens.get(_ekey(spec, b)) for b in self.choices] for spec in self.specs],
         }
+
+
+def _rank_path(checkpoint: Path | None, group: Group | None) -> Path | None:
+    """The rank's own checkpoint file: ``<checkpoint>.rank<k>`` under torch.distributed."""
+    if checkpoint is None or group is None:
+        return checkpoint
+    return checkpoint.with_name(f"{checkpoint.name}.rank{group.rank}")
 
 
 def _ekey(spec: UnitSpec, bits: int) -> str:
