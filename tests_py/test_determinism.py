@@ -137,9 +137,14 @@ def test_corrupt_checkpoint_is_a_format_error(tmp_path, big):
 
 def test_ctrl_c_interrupts_a_long_search(big):
     import _thread
+    import signal
     import threading
     import time
 
+    # interrupt_main() does nothing when SIGINT is ignored, as it is for a test run
+    # started in the background by a non-interactive shell (`cmd &`): Python then
+    # installs no handler, and this test would run its 10M generations
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(0.3, _thread.interrupt_main)
     timer.start()
     t0 = time.perf_counter()
@@ -148,4 +153,5 @@ def test_ctrl_c_interrupts_a_long_search(big):
             empas.search(big, pop_size=64, generations=10_000_000)
     finally:
         timer.cancel()
+        signal.signal(signal.SIGINT, previous)
     assert time.perf_counter() - t0 < 10
