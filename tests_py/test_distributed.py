@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import empas
 from empas.profile.distributed import cell_cost, settings_hash, share
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -67,7 +68,7 @@ def test_settings_hash_sees_every_field():
 
 def _env() -> dict:
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "python")
+    env["PYTHONPATH"] = str(Path(empas.__file__).resolve().parents[1])  # the empas in use
     env["OMP_NUM_THREADS"] = "1"
     return env
 

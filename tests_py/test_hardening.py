@@ -22,7 +22,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT / "python") + os.pathsep + env.get("PYTHONPATH", "")
+    # the empas this test imports (installed, or a source tree with its .so): a fresh
+    # clone's python/ has no built extension
+    env["PYTHONPATH"] = (
+        str(Path(empas.__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
+    )
     return env
 
 
