@@ -296,7 +296,7 @@ def test_demo_to_mlflow(tiny_model_path, tmp_path, mlflow_uri, monkeypatch, demo
     p = run.data.params
     assert p["demo.generations"] == "3" and p["profile.n_tokens"] == "512"
     assert p["sensitivity_profile.fingerprint"] == res.profile.fingerprint
-    assert p["profile.model.fingerprint"]  # the model's weights fingerprint
+    assert p["model.fingerprint"]  # the model's weights fingerprint (the stage's extras)
     t = res.profile.meta["timings"]
     done = c.get_metric_history(rid, "profile/done")
     assert sorted(m.value for m in done) == list(range(1, t["experiments"] + 1))

@@ -113,11 +113,12 @@ def _shrink(y: np.ndarray, w: np.ndarray, g: np.ndarray, tau: float):
 
 
 def _law_at(g: np.ndarray, law_cols: list[int], choices: list[int], j: int) -> float:
-    """The law at column ``j``; beyond its last bit width (fp16) a 4x fall per bit."""
+    """The law at column ``j``; NaN off the law (fp16)."""
     if j in law_cols:
         return float(g[law_cols.index(j)])
-    last = law_cols[-1] if law_cols else j
-    return float(g[-1] if law_cols else 1.0) * 0.25 ** (choices[j] - choices[last])
+    # fp16 is not on the law: a pool that holds it stays tied (spreading by an
+    # extrapolated, tiny law value would multiply its neighbours by thousands)
+    return float("nan")
 
 
 def _monotone(y: np.ndarray, w: np.ndarray, g: np.ndarray | None, rounds: int = 4) -> np.ndarray:
@@ -136,7 +137,7 @@ def _monotone(y: np.ndarray, w: np.ndarray, g: np.ndarray | None, rounds: int = 
             e = k
             while e + 1 < len(fit) and fit[e + 1] == fit[k]:
                 e += 1
-            if e > k and fit[k] > 0:
+            if e > k and fit[k] > 0 and np.all(np.isfinite(g[k : e + 1])):
                 sl = slice(k, e + 1)
                 gbar = float(np.sum(w[sl] * g[sl]) / np.sum(w[sl]))
                 if gbar > 0:
