@@ -170,6 +170,19 @@ class Session:
             quantize_members(spec.members, bits, self.qs, undo)
         return undo
 
+    def _experiment(self, spec: UnitSpec, bits: int, runner: Runner) -> np.ndarray:
+        """Per-sequence losses with ``spec`` alone at ``bits``; weights restored after."""
+        undo = self._change(spec, bits, runner)
+        try:
+            losses = runner.run(spec.start)
+        finally:
+            undo.restore()
+        if not np.all(np.isfinite(losses)):
+            raise ProfileError(
+                f"the loss is NaN or infinite with unit {spec.name!r} at {bits} bits"
+            )
+        return losses
+
     def measure(
         self,
         checkpoint=None,
@@ -249,15 +262,7 @@ class Session:
                 for k, (u, c) in enumerate(todo):
                     spec, bits = self.specs[u], self.choices[c]
                     te = time.perf_counter()
-                    undo = self._change(spec, bits, runner)
-                    try:
-                        losses = runner.run(spec.start)
-                    finally:
-                        undo.restore()
-                    if not np.all(np.isfinite(losses)):
-                        raise ProfileError(
-                            f"the loss is NaN or infinite with unit {spec.name!r} at {bits} bits"
-                        )
+                    losses = self._experiment(spec, bits, runner)
                     ck.done[_ekey(spec, bits)] = losses.tolist()
                     ck.save()
                     times.append(time.perf_counter() - te)
@@ -512,15 +517,7 @@ class Session:
                     k = _ekey(spec, bits)
                     rk = f"{k}#r{rounds}"
                     if rk not in ck.done:
-                        undo = self._change(spec, bits, runner)
-                        try:
-                            losses = runner.run(spec.start)
-                        finally:
-                            undo.restore()
-                        if not np.all(np.isfinite(losses)):
-                            raise ProfileError(
-                                f"the loss is NaN or infinite with unit {spec.name!r} at {bits} bits"
-                            )
+                        losses = self._experiment(spec, bits, runner)
                         ck.done[rk] = losses.tolist()
                         ck.save()
                     seqs[k] = np.concatenate([seqs[k], np.asarray(ck.done[rk]) - base])
