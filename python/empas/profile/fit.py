@@ -251,7 +251,7 @@ def plan_stderr(profile: Profile, genomes: np.ndarray, rho: float | None = None)
     stderrs are posterior errors). Both were checked against repeated measurement
     on SmolLM2 (two 1,024-token profiles, calibration seeds 0 and 1, 30 front
     plans): the cross-seed differences divided by the stated errors have an rms
-    of 0.97 (raw, ρ = 0.2; 1.67 with ρ = 0) and 0.82 (fitted, ρ = 0). NaN where
+    of 0.97 (raw, ρ = 0.2; 1.67 with ρ = 0) and 0.58 (fitted, ρ = 0; benchmarks/check_plan_stderr.py). NaN where
     the profile has no stderr."""
     if rho is None:
         fitted = bool((profile.meta.get("source") or {}).get("table"))
