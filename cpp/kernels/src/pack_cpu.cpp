@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "empas/kernels/pack.hpp"
+#include "empas/kernels/packed_matmul.hpp"
 #include "group_quant.hpp"
 
 namespace empas::kernels {
@@ -174,7 +175,8 @@ struct DeqArgs {
   const Half* scales;
   const uint8_t* zeros;  // nullptr: symmetric
   int64_t cols, gs, groups;
-  void* out;
+  void* out;  // row r goes to out + (r - row0) * cols
+  int64_t row0 = 0;
 };
 
 /// Rows [r0, r1). codes holds cols bytes, vals cols floats (fp16/bf16 output:
@@ -186,7 +188,7 @@ EMPAS_INLINE void deq_rows(const DeqArgs& a, int64_t r0, int64_t r1, uint8_t* __
   const float half = static_cast<float>(1 << (B - 1));
   for (int64_t r = r0; r < r1; ++r) {
     decode<B>(a.qweight, r * a.cols, a.cols, codes);
-    T* __restrict y = out + r * a.cols;
+    T* __restrict y = out + (r - a.row0) * a.cols;
     float* __restrict v;
     if constexpr (std::is_same_v<T, float>)
       v = y;
@@ -262,16 +264,18 @@ DeqFn<T> pick_deq() {
   return &deq_baseline<T>;
 }
 
+/// Rows [a.row0, a.row0 + rows).
 template <class T>
 void deq_run(const DeqArgs& a, int bits, int64_t rows, int num_threads) {
   const DeqFn<T> fn = pick_deq<T>();
+  const int64_t r0 = a.row0;
   int threads = num_threads > 0 ? num_threads : omp_get_max_threads();
   threads = static_cast<int>(std::min<int64_t>({threads, rows, std::max<int64_t>(1, rows * a.cols / 65536)}));
   const size_t nvals = std::is_same_v<T, float> ? 0 : static_cast<size_t>(a.cols);
   if (threads <= 1) {
     std::vector<uint8_t> codes(static_cast<size_t>(a.cols));
     std::vector<float> vals(nvals);
-    fn(bits, a, 0, rows, codes.data(), vals.data());
+    fn(bits, a, r0, r0 + rows, codes.data(), vals.data());
     return;
   }
 #pragma omp parallel num_threads(threads)
@@ -279,7 +283,7 @@ void deq_run(const DeqArgs& a, int bits, int64_t rows, int num_threads) {
     const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
     std::vector<uint8_t> codes(static_cast<size_t>(a.cols));
     std::vector<float> vals(nvals);
-    fn(bits, a, rows * t / nt, rows * (t + 1) / nt, codes.data(), vals.data());
+    fn(bits, a, r0 + rows * t / nt, r0 + rows * (t + 1) / nt, codes.data(), vals.data());
   }
 }
 
@@ -322,6 +326,31 @@ Status dequant_cpu(const uint8_t* qweight, const Half* scales, const uint8_t* ze
       break;
     case DType::kBFloat16:
       deq_run<BFloat16>(a, bits, rows, num_threads);
+      break;
+  }
+  return Status::kOk;
+}
+
+Status dequant_rows_cpu(const uint8_t* qweight, const Half* scales, const uint8_t* zeros, int64_t rows,
+                        int64_t cols, int bits, int64_t group_size, int64_t r0, int64_t r1, DType out_dtype,
+                        void* out, int num_threads) {
+  if (bits < 2 || bits > 8) return Status::kBadBits;
+  if (rows < 0 || cols < 0 || r0 < 0 || r1 < r0 || r1 > rows) return Status::kBadShape;
+  if (out_dtype != DType::kFloat32 && out_dtype != DType::kFloat16 && out_dtype != DType::kBFloat16)
+    return Status::kBadDType;
+  if (r0 == r1 || cols == 0) return Status::kOk;
+  DeqArgs a{
+      qweight, scales, zeros, cols, effective_group_size(group_size, cols), num_groups(cols, group_size),
+      out,     r0};
+  switch (out_dtype) {
+    case DType::kFloat32:
+      deq_run<float>(a, bits, r1 - r0, num_threads);
+      break;
+    case DType::kFloat16:
+      deq_run<Half>(a, bits, r1 - r0, num_threads);
+      break;
+    case DType::kBFloat16:
+      deq_run<BFloat16>(a, bits, r1 - r0, num_threads);
       break;
   }
   return Status::kOk;
