@@ -72,8 +72,8 @@ inline bool has_zeros(const std::optional<at::Tensor>& zeros) {
 /// Checks what every implementation of dequant (Meta included) must reject.
 inline void check_dequant_args(const at::Tensor& qweight, const at::Tensor& scales,
                                const std::optional<at::Tensor>& zeros, int64_t bits, int64_t rows,
-                               int64_t cols, int64_t group_size, at::ScalarType dtype) {
-  const char* op = kDequantOp;
+                               int64_t cols, int64_t group_size, at::ScalarType dtype,
+                               const char* op = kDequantOp) {
   TORCH_CHECK(bits >= 2 && bits <= 8, op, ": bits must be in 2..8, got ", bits);
   TORCH_CHECK(rows >= 0 && cols >= 0, op, ": rows and cols must be >= 0, got ", rows, "x", cols);
   TORCH_CHECK(cols == 0 || rows <= std::numeric_limits<int64_t>::max() / 8 / cols, op, ": ", rows, "x", cols,

@@ -108,6 +108,11 @@ struct V {
     for (int l = 0; l < 8; ++l) r.v[l] = p[l];
     return r;
   }
+  static EMPAS_INLINE F add(const F& a, const F& b) {
+    F r;
+    for (int l = 0; l < 8; ++l) r.v[l] = a.v[l] + b.v[l];
+    return r;
+  }
   static EMPAS_INLINE F fma(const F& a, const F& b, const F& c) {
     F r;
     for (int l = 0; l < 8; ++l) r.v[l] = a.v[l] * b.v[l] + c.v[l];
@@ -151,6 +156,7 @@ struct V {
   static EMPAS_INLINE F set1(float s) { return _mm256_set1_ps(s); }
   static EMPAS_INLINE F loadx(const float* p) { return _mm256_loadu_ps(p); }
   static EMPAS_INLINE F fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
+  static EMPAS_INLINE F add(F a, F b) { return _mm256_add_ps(a, b); }
   template <int B>
   static EMPAS_INLINE I codes_fast(const uint8_t* p) {
     if constexpr (B == 8) {
@@ -201,6 +207,7 @@ struct V {
   static EMPAS_INLINE F set1(float s) { return _mm512_set1_ps(s); }
   static EMPAS_INLINE F loadx(const float* p) { return _mm512_loadu_ps(p); }
   static EMPAS_INLINE F fma(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
+  static EMPAS_INLINE F add(F a, F b) { return _mm512_add_ps(a, b); }
   template <int B>
   static EMPAS_INLINE I codes_fast(const uint8_t* p) {
     if constexpr (B == 8) {

@@ -1,0 +1,104 @@
+// The fused packed linear op: schema, CPU and Meta implementations (the CUDA
+// one lives in packed_matmul_cuda_ops.cpp, CUDA builds only).
+//
+//   packed_linear(Tensor x, Tensor qweight, Tensor scales, Tensor? zeros, Tensor? bias, int bits,
+//                 int out_features, int in_features, int group_size) -> Tensor
+//
+// y = x @ dequant(W)^T + bias for x [..., in] (float32/float16/bfloat16),
+// returned in x's dtype with shape [..., out]. Arithmetic in fp32 throughout:
+// x and bias are widened to fp32, the result is rounded to x's dtype once.
+//  * decode (at most kDecodeRows rows of x): the torch-free fused kernel
+//    (cpp/kernels/src/packed_matmul_cpu.cpp), which never builds the weight;
+//  * prefill (more rows): W is dequantized kTileBytes of fp32 at a time
+//    (dequant_rows_cpu) into one reused buffer and each tile goes through
+//    torch's fp32 GEMM (at::mm_out); the dense weight is never built whole.
+//
+//   set_cpu_isa(str isa) -> bool: caps the SIMD path of this library's CPU
+//   kernels ("avx512", "avx2", "baseline", "auto"), for tests and benchmarks.
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <string>
+
+#include "empas/kernels/packed_matmul.hpp"
+#include "packed_matmul_common.hpp"
+
+namespace empas::ops {
+namespace {
+
+constexpr int64_t kDecodeRows = 8;                // rows of x up to which the fused kernel runs
+constexpr int64_t kTileBytes = int64_t{1} << 21;  // fp32 bytes of W per prefill tile (2 MiB)
+
+at::Tensor packed_linear_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
+                             const std::optional<at::Tensor>& zeros, const std::optional<at::Tensor>& bias,
+                             int64_t bits, int64_t out_features, int64_t in_features, int64_t group_size) {
+  const char* op = kPackedLinearOp;
+  check_packed_linear_args(x, qweight, scales, zeros, bias, bits, out_features, in_features, group_size);
+  TORCH_CHECK(qweight.device().is_cpu(), op, ": expected CPU tensors, got ", qweight.device());
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = out_features;
+  const int64_t m = c10::multiply_integers(x.sizes().slice(0, x.dim() - 1));
+  const auto f32 = x.options().dtype(at::kFloat);
+  if (m == 0 || out_features == 0) return at::empty(shape, x.options());
+  const at::Tensor xf = x.reshape({m, in_features}).to(at::kFloat).contiguous();
+  const at::Tensor bf = has_bias(bias) ? bias->to(at::kFloat).contiguous() : at::Tensor();
+  const at::Tensor q = qweight.contiguous(), s = scales.contiguous();
+  const at::Tensor z = has_zeros(zeros) ? zeros->contiguous() : at::Tensor();
+  const auto* sp = reinterpret_cast<const kernels::Half*>(s.const_data_ptr<at::Half>());
+  const uint8_t* zp = z.defined() ? z.const_data_ptr<uint8_t>() : nullptr;
+  const int threads = at::get_num_threads();
+  at::Tensor y;
+  if (m <= kDecodeRows || in_features == 0) {
+    y = at::empty({m, out_features}, f32);
+    check_status(kernels::packed_matmul_cpu(xf.const_data_ptr<float>(), m, q.const_data_ptr<uint8_t>(), sp,
+                                            zp, bf.defined() ? bf.const_data_ptr<float>() : nullptr,
+                                            out_features, in_features, static_cast<int>(bits), group_size,
+                                            y.mutable_data_ptr<float>(), threads),
+                 op);
+  } else {
+    // yt [out, m]: each tile of W rows fills a contiguous block of rows of yt.
+    const int64_t tile = std::clamp<int64_t>(kTileBytes / (4 * in_features), 16, out_features);
+    at::Tensor yt = at::empty({out_features, m}, f32);
+    at::Tensor w = at::empty({tile, in_features}, f32);
+    const at::Tensor xt = xf.t();
+    for (int64_t r0 = 0; r0 < out_features; r0 += tile) {
+      const int64_t n = std::min(tile, out_features - r0);
+      check_status(kernels::dequant_rows_cpu(q.const_data_ptr<uint8_t>(), sp, zp, out_features, in_features,
+                                             static_cast<int>(bits), group_size, r0, r0 + n,
+                                             kernels::DType::kFloat32, w.mutable_data_ptr(), threads),
+                   op);
+      at::Tensor dst = yt.narrow(0, r0, n);
+      at::mm_out(dst, w.narrow(0, 0, n), xt);
+    }
+    y = yt.t().contiguous();
+    if (bf.defined()) y.add_(bf);
+  }
+  return y.to(x.scalar_type()).reshape(shape);
+}
+
+at::Tensor packed_linear_meta(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
+                              const std::optional<at::Tensor>& zeros, const std::optional<at::Tensor>& bias,
+                              int64_t bits, int64_t out_features, int64_t in_features, int64_t group_size) {
+  check_packed_linear_args(x, qweight, scales, zeros, bias, bits, out_features, in_features, group_size);
+  return at::empty_symint(packed_linear_out_shape(x, out_features), x.options());
+}
+
+bool set_cpu_isa(const std::string& isa) { return kernels::set_cpu_isa(isa.c_str()); }
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(empas, m) {
+  m.def(
+      "packed_linear(Tensor x, Tensor qweight, Tensor scales, Tensor? zeros, Tensor? bias, int bits, "
+      "int out_features, int in_features, int group_size) -> Tensor");
+  m.def("set_cpu_isa(str isa) -> bool", &set_cpu_isa);
+}
+
+TORCH_LIBRARY_IMPL(empas, CPU, m) { m.impl("packed_linear", &packed_linear_cpu); }
+
+TORCH_LIBRARY_IMPL(empas, Meta, m) { m.impl("packed_linear", &packed_linear_meta); }
+
+}  // namespace empas::ops
