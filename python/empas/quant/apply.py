@@ -270,6 +270,8 @@ def replace_module(model, name: str, new, undo: Undo | None) -> None:
     old = parent[int(attr)] if attr.isdigit() else getattr(parent, attr)
     if undo is not None:
         undo.modules.append((parent, attr, old))
+    if hasattr(new, "module_name"):  # PackedLinear: named in its error messages
+        new.module_name = name
     _set_child(parent, attr, new)
 
 

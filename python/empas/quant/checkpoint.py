@@ -28,7 +28,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, FormatError
 from ..plan import as_plan
 from ..util.io import atomic_write_text, loads_json, sha256_file
 from .apply import applied, replace_module
@@ -363,6 +363,12 @@ def load_quantized(path: str | os.PathLike, device: str = "cpu", *, verify_hash:
         raise CheckpointError(f"{wf}: tensors do not fit the model ({exc})") from None
     for alias, target in m["tied"].items():
         _set_tensor(model, alias, _get_tensor(model, target))
+    for mod in model.modules():  # a corrupt packed tensor is an error naming its module
+        if isinstance(mod, PackedLinear):
+            try:
+                mod.check()
+            except FormatError as exc:
+                raise CheckpointError(f"{wf}: {exc}") from None
     _materialize_buffers(model, config, device)
     model.to(device)
     model.eval()

@@ -1,14 +1,19 @@
 """The modules a plan puts into a model: :class:`PackedLinear` (packed codes +
-fp16 scales, dequantized on the fly by the C++ op), :class:`HalfLinear` (fp16
-storage) and :class:`DroppedBlock` (a removed block). Imports torch."""
+fp16 scales, multiplied straight from the codes by the fused C++ op),
+:class:`HalfLinear` (fp16 storage) and :class:`DroppedBlock` (a removed block).
+Imports torch."""
 
 from __future__ import annotations
+
+import warnings
+import weakref
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .._native import load_ops
+from ..errors import FormatError
 
 __all__ = ["DroppedBlock", "HalfLinear", "PackedLinear"]
 
@@ -50,12 +55,48 @@ class HalfLinear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, bits=16"
 
 
+_FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_warned: set[str] = set()  # fallback reasons already warned about (once per process)
+
+
+def _warn_fallback(reason: str) -> None:
+    if reason not in _warned:
+        _warned.add(reason)
+        warnings.warn(
+            f"PackedLinear: {reason}; using dequant + F.linear instead of the fused kernel "
+            "(same result, slower; warned once)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def _ops_features() -> tuple[bool, bool]:
+    """(the ops library has packed_linear, it was built with CUDA)."""
+    global _features
+    if _features is None:
+        import json
+
+        torch_ = load_ops()
+        has = hasattr(torch_.ops.empas, "packed_linear")
+        cuda = bool(json.loads(torch_.ops.empas.build_info()).get("cuda"))
+        _features = (has, cuda)
+    return _features
+
+
+_features: tuple[bool, bool] | None = None
+
+
 class PackedLinear(nn.Module):
     """A linear layer stored as packed ``bits``-bit codes plus fp16 group scales
-    (and uint8 zero points when asymmetric); dequantized by the C++ op on every
-    forward to the input's dtype. Buffers: ``qweight`` uint8
-    ``[ceil(out * in * bits / 8)]``, ``scales`` fp16 ``[out, n_groups]``,
-    ``zeros`` uint8 ``[out, n_groups]`` (asymmetric only), ``bias`` (if any)."""
+    (and uint8 zero points when asymmetric). ``forward`` runs the fused op
+    ``torch.ops.empas.packed_linear`` (``x @ dequant(W)^T + bias`` straight from
+    the codes, fp32 arithmetic, the result in ``x``'s dtype) on CPU and CUDA for
+    float32/float16/bfloat16 inputs; anything else (another dtype or device,
+    autograd through ``x``) falls back to dequant + ``F.linear`` with a one-time
+    warning. Buffers: ``qweight`` uint8 ``[ceil(out * in * bits / 8)]``,
+    ``scales`` fp16 ``[out, n_groups]``, ``zeros`` uint8 ``[out, n_groups]``
+    (asymmetric only), ``bias`` (if any). Buffers of the wrong size or dtype (a
+    corrupt packed tensor) raise FormatError naming the module."""
 
     def __init__(
         self,
@@ -83,6 +124,49 @@ class PackedLinear(nn.Module):
             self.register_buffer("bias", torch.empty(out_features, dtype=bias_dtype))
         else:
             self.bias = None
+        self.n_groups, self.nbytes = n_groups, nbytes
+        self.module_name = ""  # the qualified name in its model, for error messages
+        self._checked: tuple | None = None  # weak references to the buffers last validated
+
+    def _describe(self) -> str:
+        name = f" {self.module_name!r}" if self.module_name else ""
+        kind = "sym" if self.symmetric else "asym"
+        return (
+            f"PackedLinear{name} (out={self.out_features}, in={self.in_features}, "
+            f"bits={self.bits}, group_size={self.group_size}, {kind})"
+        )
+
+    def check(self) -> None:
+        """Raises FormatError (naming the module) when the packed buffers do not
+        fit its shape: ``qweight`` not ``ceil(out * in * bits / 8)`` uint8 bytes,
+        ``scales``/``zeros`` not ``[out, n_groups]`` fp16/uint8."""
+        q, s, z = self.qweight, self.scales, self.zeros
+        c = self._checked
+        if (
+            c is not None
+            and c[0]() is q
+            and c[1]() is s
+            and (c[2] is None if z is None else c[2]() is z)
+        ):
+            return
+        bad = None
+        want = (self.out_features, self.n_groups)
+        if q.dtype != torch.uint8 or q.dim() != 1 or q.numel() != self.nbytes:
+            bad = (
+                f"qweight is {q.dtype} {tuple(q.shape)}, expected uint8 ({self.nbytes},) "
+                f"(ceil(out * in * bits / 8) bytes)"
+            )
+        elif s.dtype != torch.float16 or tuple(s.shape) != want:
+            bad = f"scales is {s.dtype} {tuple(s.shape)}, expected float16 {want}"
+        elif not self.symmetric and (z is None or z.dtype != torch.uint8 or tuple(z.shape) != want):
+            got = "missing" if z is None else f"{z.dtype} {tuple(z.shape)}"
+            bad = f"zeros is {got}, expected uint8 {want}"
+        elif self.symmetric and z is not None and z.numel() != 0:
+            bad = f"zeros {tuple(z.shape)} given for a symmetric weight"
+        if bad is not None:
+            raise FormatError(f"{self._describe()}: corrupt packed weight: {bad}")
+        # weak references: a validated buffer that is replaced is not kept alive
+        self._checked = (weakref.ref(q), weakref.ref(s), None if z is None else weakref.ref(z))
 
     @classmethod
     def from_weight(cls, w2d, bias, bits: int, group_size: int, symmetric: bool, clip_search: bool):
@@ -104,6 +188,7 @@ class PackedLinear(nn.Module):
 
     def weight_dequantized(self, dtype=None):
         """The weight ``[out, in]`` dequantized to ``dtype`` (default float32)."""
+        self.check()
         return load_ops().ops.empas.dequant(
             self.qweight,
             self.scales,
@@ -115,9 +200,41 @@ class PackedLinear(nn.Module):
             dtype if dtype is not None else torch.float32,
         )
 
+    def _fallback_reason(self, x) -> str | None:
+        """Why the fused op cannot run on x (None: it can)."""
+        if x.dtype not in _FUSED_DTYPES:
+            return f"no fused kernel for {x.dtype} inputs"
+        has, cuda = _ops_features()
+        if not has:
+            return "the EMPAS ops library has no packed_linear (rebuild EMPAS)"
+        dev = x.device.type
+        if dev == "cuda" and not cuda:
+            return "the EMPAS ops library was built without CUDA"
+        if dev not in ("cpu", "cuda", "meta"):
+            return f"no fused kernel for {dev} tensors"
+        if x.requires_grad and torch.is_grad_enabled():
+            return "the fused kernel has no autograd (input requires grad)"
+        return None
+
     def forward(self, x):
-        w = self.weight_dequantized(x.dtype)
-        b = None if self.bias is None else self.bias.to(x.dtype)
+        self.check()
+        reason = self._fallback_reason(x)
+        if reason is None:
+            return torch.ops.empas.packed_linear(
+                x,
+                self.qweight,
+                self.scales,
+                self.zeros,
+                self.bias,
+                self.bits,
+                self.out_features,
+                self.in_features,
+                self.group_size,
+            )
+        _warn_fallback(reason)
+        dt = x.dtype if x.dtype.is_floating_point else torch.float32
+        w = self.weight_dequantized(dt if dt in _FUSED_DTYPES else torch.float32).to(dt)
+        b = None if self.bias is None else self.bias.to(dt)
         return F.linear(x, w, b)
 
     def extra_repr(self) -> str:
