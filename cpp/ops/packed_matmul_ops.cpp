@@ -59,21 +59,20 @@ at::Tensor packed_linear_cpu(const at::Tensor& x, const at::Tensor& qweight, con
                                             y.mutable_data_ptr<float>(), threads),
                  op);
   } else {
-    // yt [out, m]: each tile of W rows fills a contiguous block of rows of yt.
+    // Each tile of W rows [r0, r0 + n) gives the columns [r0, r0 + n) of y: a
+    // strided block (leading dimension out) that the GEMM writes in place.
     const int64_t tile = std::clamp<int64_t>(kTileBytes / (4 * in_features), 16, out_features);
-    at::Tensor yt = at::empty({out_features, m}, f32);
+    y = at::empty({m, out_features}, f32);
     at::Tensor w = at::empty({tile, in_features}, f32);
-    const at::Tensor xt = xf.t();
     for (int64_t r0 = 0; r0 < out_features; r0 += tile) {
       const int64_t n = std::min(tile, out_features - r0);
       check_status(kernels::dequant_rows_cpu(q.const_data_ptr<uint8_t>(), sp, zp, out_features, in_features,
                                              static_cast<int>(bits), group_size, r0, r0 + n,
                                              kernels::DType::kFloat32, w.mutable_data_ptr(), threads),
                    op);
-      at::Tensor dst = yt.narrow(0, r0, n);
-      at::mm_out(dst, w.narrow(0, 0, n), xt);
+      at::Tensor dst = y.narrow(1, r0, n);
+      at::mm_out(dst, xf, w.narrow(0, 0, n).t());
     }
-    y = yt.t().contiguous();
     if (bf.defined()) y.add_(bf);
   }
   return y.to(x.scalar_type()).reshape(shape);
