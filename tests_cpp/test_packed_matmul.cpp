@@ -196,6 +196,44 @@ TEST(PackedMatmul, EmptyAndErrors) {
       Status::kBadShape);
 }
 
+// The typed entry point: x widened from fp16/bf16 exactly, y the fp32 result
+// rounded once (bit for bit against the fp32 entry point on widened x).
+TEST(PackedMatmul, HalfAndBFloat16InAndOut) {
+  const Case c{19, 128, 4, 32, false};
+  const Packed pk = make_packed(c, 77);
+  const auto x32 = random_x(3 * c.in, 78);
+  std::vector<Half> xh(x32.size());
+  std::vector<BFloat16> xb(x32.size());
+  std::vector<float> xh32(x32.size()), xb32(x32.size());
+  for (size_t i = 0; i < x32.size(); ++i) {
+    xh[i].bits = float_to_fp16(x32[i]);
+    xb[i].bits = float_to_bf16(x32[i]);
+    xh32[i] = fp16_to_float(xh[i].bits);
+    xb32[i] = bf16_to_float(xb[i].bits);
+  }
+  const auto yh32 = run(pk, c, xh32, 3, nullptr, 1), yb32 = run(pk, c, xb32, 3, nullptr, 1);
+  std::vector<Half> yh(3 * c.out);
+  std::vector<BFloat16> yb(3 * c.out);
+  std::vector<float> yf(3 * c.out);
+  ASSERT_EQ(packed_matmul_cpu(xh.data(), DType::kFloat16, 3, pk.q.data(), pk.s.data(), pk.z.data(), nullptr,
+                              c.out, c.in, 4, 32, yh.data(), DType::kFloat16, 2),
+            Status::kOk);
+  ASSERT_EQ(packed_matmul_cpu(xb.data(), DType::kBFloat16, 3, pk.q.data(), pk.s.data(), pk.z.data(), nullptr,
+                              c.out, c.in, 4, 32, yb.data(), DType::kBFloat16, 2),
+            Status::kOk);
+  ASSERT_EQ(packed_matmul_cpu(xh.data(), DType::kFloat16, 3, pk.q.data(), pk.s.data(), pk.z.data(), nullptr,
+                              c.out, c.in, 4, 32, yf.data(), DType::kFloat32, 2),
+            Status::kOk);
+  for (size_t i = 0; i < yh.size(); ++i) {
+    EXPECT_EQ(yh[i].bits, float_to_fp16(yh32[i])) << i;
+    EXPECT_EQ(yb[i].bits, float_to_bf16(yb32[i])) << i;
+    EXPECT_EQ(yf[i], yh32[i]) << i;
+  }
+  EXPECT_EQ(packed_matmul_cpu(xh.data(), static_cast<DType>(7), 3, pk.q.data(), pk.s.data(), pk.z.data(),
+                              nullptr, c.out, c.in, 4, 32, yf.data(), DType::kFloat32, 2),
+            Status::kBadDType);
+}
+
 TEST(DequantRows, MatchesDequantBitForBit) {
   for (int bits : {2, 3, 5, 8})
     for (bool sym : {true, false}) {

@@ -43,22 +43,27 @@ at::Tensor packed_linear_cpu(const at::Tensor& x, const at::Tensor& qweight, con
   const int64_t m = c10::multiply_integers(x.sizes().slice(0, x.dim() - 1));
   const auto f32 = x.options().dtype(at::kFloat);
   if (m == 0 || out_features == 0) return at::empty(shape, x.options());
-  const at::Tensor xf = x.reshape({m, in_features}).to(at::kFloat).contiguous();
   const at::Tensor bf = has_bias(bias) ? bias->to(at::kFloat).contiguous() : at::Tensor();
   const at::Tensor q = qweight.contiguous(), s = scales.contiguous();
   const at::Tensor z = has_zeros(zeros) ? zeros->contiguous() : at::Tensor();
   const auto* sp = reinterpret_cast<const kernels::Half*>(s.const_data_ptr<at::Half>());
   const uint8_t* zp = z.defined() ? z.const_data_ptr<uint8_t>() : nullptr;
   const int threads = at::get_num_threads();
-  at::Tensor y;
   if (m <= kDecodeRows || in_features == 0) {
-    y = at::empty({m, out_features}, f32);
-    check_status(kernels::packed_matmul_cpu(xf.const_data_ptr<float>(), m, q.const_data_ptr<uint8_t>(), sp,
-                                            zp, bf.defined() ? bf.const_data_ptr<float>() : nullptr,
-                                            out_features, in_features, static_cast<int>(bits), group_size,
-                                            y.mutable_data_ptr<float>(), threads),
+    // x and y in their own dtype: the kernel widens and rounds (no extra ATen copies).
+    const at::Tensor xc = x.contiguous();
+    at::Tensor y = at::empty(shape, x.options());
+    const kernels::DType dt = out_dtype_code(x.scalar_type(), op);
+    check_status(kernels::packed_matmul_cpu(xc.const_data_ptr(), dt, m, q.const_data_ptr<uint8_t>(), sp, zp,
+                                            bf.defined() ? bf.const_data_ptr<float>() : nullptr, out_features,
+                                            in_features, static_cast<int>(bits), group_size,
+                                            y.mutable_data_ptr(), dt, threads),
                  op);
-  } else {
+    return y;
+  }
+  const at::Tensor xf = x.reshape({m, in_features}).to(at::kFloat).contiguous();
+  at::Tensor y;
+  {
     // Each tile of W rows [r0, r0 + n) gives the columns [r0, r0 + n) of y: a
     // strided block (leading dimension out) that the GEMM writes in place.
     const int64_t tile = std::clamp<int64_t>(kTileBytes / (4 * in_features), 16, out_features);

@@ -367,4 +367,43 @@ Status packed_matmul_cpu(const float* x, int64_t m, const uint8_t* qweight, cons
   return Status::kOk;
 }
 
+Status packed_matmul_cpu(const void* x, DType x_dtype, int64_t m, const uint8_t* qweight, const Half* scales,
+                         const uint8_t* zeros, const float* bias, int64_t out_features, int64_t in_features,
+                         int bits, int64_t group_size, void* y, DType y_dtype, int num_threads) {
+  const auto valid = [](DType t) {
+    return t == DType::kFloat32 || t == DType::kFloat16 || t == DType::kBFloat16;
+  };
+  if (!valid(x_dtype) || !valid(y_dtype)) return Status::kBadDType;
+  if (m < 0 || in_features < 0 || out_features < 0) return Status::kBadShape;
+  std::vector<float> xbuf, ybuf;
+  const float* xf = static_cast<const float*>(x);
+  if (x_dtype != DType::kFloat32) {
+    xbuf.resize(static_cast<size_t>(m * in_features));
+    if (x_dtype == DType::kFloat16) {
+      const Half* h = static_cast<const Half*>(x);
+      for (size_t i = 0; i < xbuf.size(); ++i) xbuf[i] = to_f(h[i]);
+    } else {
+      const BFloat16* h = static_cast<const BFloat16*>(x);
+      for (size_t i = 0; i < xbuf.size(); ++i) xbuf[i] = to_f(h[i]);
+    }
+    xf = xbuf.data();
+  }
+  float* yf = static_cast<float*>(y);
+  if (y_dtype != DType::kFloat32) {
+    ybuf.resize(static_cast<size_t>(m * out_features));
+    yf = ybuf.data();
+  }
+  const Status st = packed_matmul_cpu(xf, m, qweight, scales, zeros, bias, out_features, in_features, bits,
+                                      group_size, yf, num_threads);
+  if (st != Status::kOk || y_dtype == DType::kFloat32) return st;
+  if (y_dtype == DType::kFloat16) {
+    Half* h = static_cast<Half*>(y);
+    for (size_t i = 0; i < ybuf.size(); ++i) h[i] = from_f<Half>(ybuf[i]);
+  } else {
+    BFloat16* h = static_cast<BFloat16*>(y);
+    for (size_t i = 0; i < ybuf.size(); ++i) h[i] = from_f<BFloat16>(ybuf[i]);
+  }
+  return Status::kOk;
+}
+
 }  // namespace empas::kernels

@@ -36,6 +36,13 @@ Status packed_matmul_cpu(const float* x, int64_t m, const uint8_t* qweight, cons
                          const uint8_t* zeros, const float* bias, int64_t out_features, int64_t in_features,
                          int bits, int64_t group_size, float* y, int num_threads);
 
+/// The same for x and y of any of the three dtypes (x widened to fp32 on load,
+/// y computed in fp32 and rounded to y_dtype once, to nearest even). Also
+/// kBadDType.
+Status packed_matmul_cpu(const void* x, DType x_dtype, int64_t m, const uint8_t* qweight, const Half* scales,
+                         const uint8_t* zeros, const float* bias, int64_t out_features, int64_t in_features,
+                         int bits, int64_t group_size, void* y, DType y_dtype, int num_threads);
+
 /// Dequantizes rows [r0, r1) of a packed [rows x cols] weight into
 /// out[(r1 - r0) x cols] (row-major, out_dtype): the same values as
 /// dequant_cpu's rows r0..r1-1. r0 need not start on a byte of the stream.
