@@ -9,7 +9,8 @@
 // x and bias are widened to fp32, the result is rounded to x's dtype once.
 //  * decode (at most kDecodeRows rows of x): the torch-free fused kernel
 //    (cpp/kernels/src/packed_matmul_cpu.cpp), which never builds the weight;
-//  * prefill (more rows): W is dequantized kTileBytes of fp32 at a time
+//  * prefill (more rows): W is dequantized kTileBytes of fp32 (at least
+//    kTileMinRows rows) at a time
 //    (dequant_rows_cpu) into one reused buffer and each tile goes through
 //    torch's fp32 GEMM (at::mm_out); the dense weight is never built whole.
 //
@@ -30,7 +31,8 @@ namespace empas::ops {
 namespace {
 
 constexpr int64_t kDecodeRows = 8;                // rows of x up to which the fused kernel runs
-constexpr int64_t kTileBytes = int64_t{1} << 21;  // fp32 bytes of W per prefill tile (2 MiB)
+constexpr int64_t kTileBytes = int64_t{1} << 23;  // fp32 bytes of W per prefill tile (8 MiB)
+constexpr int64_t kTileMinRows = 1024;            // ... but at least this many rows: narrow GEMMs are slow
 
 at::Tensor packed_linear_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
                              const std::optional<at::Tensor>& zeros, const std::optional<at::Tensor>& bias,
@@ -66,7 +68,8 @@ at::Tensor packed_linear_cpu(const at::Tensor& x, const at::Tensor& qweight, con
   {
     // Each tile of W rows [r0, r0 + n) gives the columns [r0, r0 + n) of y: a
     // strided block (leading dimension out) that the GEMM writes in place.
-    const int64_t tile = std::clamp<int64_t>(kTileBytes / (4 * in_features), 16, out_features);
+    const int64_t tile =
+        std::min<int64_t>(std::max<int64_t>(kTileBytes / (4 * in_features), kTileMinRows), out_features);
     y = at::empty({m, out_features}, f32);
     at::Tensor w = at::empty({tile, in_features}, f32);
     for (int64_t r0 = 0; r0 < out_features; r0 += tile) {
