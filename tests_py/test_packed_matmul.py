@@ -97,6 +97,17 @@ def test_half_inputs_and_3d(dtype, bits):
         check_close(y, x, wd, bias, f"{dtype} {lead}", extra_rel=eps)
 
 
+def test_prefill_several_tiles():
+    """Prefill dequantizes >= 1024-row tiles (8 MiB of fp32): 1100 x 2112 is two
+    tiles, the second one partial."""
+    out, inn, g = 1100, 2112, 128
+    pw, wd = packed(out, inn, 3, g, False, 21)
+    bias = torch.randn(out)
+    x = torch.randn(3, 4, inn)
+    check_close(fused(x, pw, bias, out, inn, g), x, wd, bias, "two tiles")
+    check_close(fused(x[0], pw, None, out, inn, g), x[0], wd, None, "decode, same weight")
+
+
 def test_bound_catches_a_wrong_result():
     """The bound is tight enough to fail a kernel that gets one zero point wrong."""
     out, inn, g = 16, 256, 32
