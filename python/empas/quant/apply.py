@@ -7,7 +7,8 @@ keeps its dtype and its memory, and computes what the quantized model computes.
 ``mode="packed"`` replaces every quantized linear with a ``empas.nn.PackedLinear``
 that stores the packed integer codes (a bit stream of ``ceil(rows * cols * bits /
 8)`` bytes), fp16 scales (and uint8 zero points for asymmetric plans) and
-dequantizes on each forward with the C++ op ``empas::dequant`` (CPU and CUDA);
+multiplies straight from the codes on each forward with the fused C++ op
+``empas::packed_linear`` (CPU and CUDA; the weight is never dequantized whole);
 16-bit units become an ``empas.nn.HalfLinear`` holding an fp16 weight. The model's
 weights then take exactly the plan's predicted bytes.
 
@@ -353,8 +354,8 @@ def apply(
 
     ``mode="fake"``: weights are quantize-dequantized in place (same memory).
     ``mode="packed"``: quantized linears become ``empas.nn.PackedLinear`` (packed
-    codes + fp16 scales, dequantized on the fly by the C++ op), 16-bit units
-    ``empas.nn.HalfLinear``; the weights then take the plan's predicted bytes.
+    codes + fp16 scales, multiplied straight from the codes by the fused C++ op),
+    16-bit units ``empas.nn.HalfLinear``; the weights then take the plan's predicted bytes.
     Blocks planned at 0 bits are replaced by ``empas.nn.DroppedBlock`` in both modes.
     ``clip_search`` must match the profile's (``profile.meta["source"]``).
 
