@@ -8,7 +8,7 @@ keeps its dtype and its memory, and computes what the quantized model computes.
 that stores the packed integer codes (a bit stream of ``ceil(rows * cols * bits /
 8)`` bytes), fp16 scales (and uint8 zero points for asymmetric plans) and
 multiplies straight from the codes on each forward with the fused C++ op
-``empas::packed_linear`` (CPU and CUDA; the weight is never dequantized whole);
+``empas::packed_linear`` (CPU and CUDA; on the CPU the weight is never dequantized whole);
 16-bit units become an ``empas.nn.HalfLinear`` holding an fp16 weight. The model's
 weights then take exactly the plan's predicted bytes.
 
