@@ -216,6 +216,29 @@ def test_missing_scales_is_named(saved, tmp_path):
         empas.load_quantized(d)
 
 
+def test_corrupt_packed_tensor_names_the_module(saved, tmp_path):
+    """A qweight of the right size but the wrong dtype fits load_state_dict; the
+    PackedLinear check after loading refuses it, naming the module."""
+    from safetensors.torch import load_file, save_file
+
+    from empas import CheckpointError
+    from empas.util.io import sha256_file as _sha256
+
+    d = _copy(saved, tmp_path / "int8codes")
+    sd = load_file(str(d / WEIGHTS))
+    key = "model.layers.1.mlp.up_proj.qweight"
+    sd[key] = sd[key].view(torch.int8)
+    save_file(sd, str(d / WEIGHTS))
+    m = json.loads((d / MANIFEST).read_text())
+    m["files"][WEIGHTS] = {"bytes": (d / WEIGHTS).stat().st_size, "sha256": _sha256(d / WEIGHTS)}
+    (d / MANIFEST).write_text(json.dumps(m))
+    with pytest.raises(
+        CheckpointError,
+        match=r"'model.layers.1.mlp.up_proj'.*corrupt packed weight: qweight is torch.int8",
+    ):
+        empas.load_quantized(d)
+
+
 def test_verify_packed_equals_fake(tiny_model_path, tiny_profile, mixed, eval_texts):
     kw = dict(profile=tiny_profile, baselines=(4,), seq_len=64, max_tokens=2048, progress=False)
     a = empas.verify(tiny_model_path, [mixed], eval_texts, mode="fake", **kw)
