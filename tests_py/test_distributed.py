@@ -135,8 +135,9 @@ def _rank_with_seed(rank: int, model: str, calib: str, init: str, q) -> None:
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    ck = init.removeprefix("file://") + ".ck.json"
     try:
-        empas.profile(model, calib, seed=rank, progress=False, **SETTINGS)  # seeds differ
+        empas.profile(model, calib, seed=rank, checkpoint=ck, progress=False, **SETTINGS)
         q.put((rank, "ok", ""))
     except Exception as exc:
         q.put((rank, type(exc).__name__, str(exc)))
@@ -165,6 +166,7 @@ def test_mismatched_settings_across_ranks_are_refused(tiny_model_path, calib_fil
     for rank, kind, msg in got:
         assert kind == "ProfileError", (rank, kind, msg)
         assert "rank(s) [1] differ from rank 0" in msg
+    assert not list(tmp_path.glob("*.ck.json*"))  # refused before any work: nothing measured
 
 
 # -- a rank that dies: the monitor (one process, a store shared with a fake peer) ----
@@ -289,9 +291,12 @@ def _rank_run(rank: int, model: str, calib: str, init: str, ck: str, env: dict, 
 
 
 def _spawn_two(tmp_path, model, calib, ck, envs, name):
-    import torch.multiprocessing as mp
+    import multiprocessing as mp
 
-    ctx = mp.get_context("spawn")
+    # forkserver: one fresh process imports torch, transformers and empas once; each
+    # rank is forked from it (no OpenMP pool has run there) instead of importing again
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "torch.distributed", "transformers", "empas"])
     q = ctx.Queue()
     init = f"file://{tmp_path / name}"
     procs = [
