@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import empas
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "gpu_check.sh"
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -36,32 +38,33 @@ def _moved(profile_dict, factor: float) -> dict:
     return d
 
 
-def test_compare_profiles(tiny_profile, tmp_path, capsys):
+def test_compare_profiles(small_profile_dict, tmp_path, capsys):
+    doc = dict(small_profile_dict)
+    doc["stderr"] = [[0.01 / (i + 1), 0.002, 0.0005, 0.0] for i in range(4)]
     a = tmp_path / "a.json"
-    tiny_profile.save(a)
-    doc = json.loads(a.read_text())
-    assert doc["stderr"][1][0] > 0
+    a.write_text(json.dumps(doc))
+    prof = empas.load_profile(a)
     # identical tables: ratio 0, pass
     out = tmp_path / "same.json"
     assert compare_profiles.main([str(a), str(a), "--json", str(out)]) == 0
     res = json.loads(out.read_text())
-    assert res["pass"] and res["max_ratio"] == 0.0 and res["cells_compared"] > 0
+    assert res["pass"] and res["max_ratio"] == 0.0 and res["cells_compared"] == 16
     # within the stderr (half of it): pass, ratio 0.5
     b = tmp_path / "b.json"
     b.write_text(json.dumps(_moved(doc, 0.5)))
     assert compare_profiles.main([str(b), str(a), "--json", str(out)]) == 0
-    assert json.loads(out.read_text())["max_ratio"] == pytest.approx(0.5, rel=1e-9)
+    assert json.loads(out.read_text())["max_ratio"] == pytest.approx(0.5, rel=1e-6)
     # three stderrs off: fail (exit 1), the cell named
     c = tmp_path / "c.json"
     c.write_text(json.dumps(_moved(doc, 3.0)))
     assert compare_profiles.main([str(c), str(a), "--json", str(out)]) == 1
     res = json.loads(out.read_text())
-    assert not res["pass"] and res["max_ratio"] == pytest.approx(3.0, rel=1e-9)
-    unit = tiny_profile.unit_names[1]
-    assert res["worst"][0]["unit"] == unit and res["worst"][0]["bits"] == tiny_profile.choices[0]
+    assert not res["pass"] and res["max_ratio"] == pytest.approx(3.0, rel=1e-6)
+    assert res["worst"][0]["unit"] == prof.unit_names[1]
+    assert res["worst"][0]["bits"] == prof.choices[0]
     assert "FAIL" in capsys.readouterr().out
     # other units: cannot be compared (exit 2, said why)
-    d = copy.deepcopy(doc)
+    d = json.loads(json.dumps(doc))
     d["units"][0]["name"] = "renamed"
     e = tmp_path / "e.json"
     e.write_text(json.dumps(d))
