@@ -8,6 +8,14 @@ one full forward pass over the calibration tokens. Checks that both give the
 same table. Prints a table and writes JSON (``--json``).
 
     PYTHONPATH=python .venv/bin/python benchmarks/bench_profile.py [--quick]
+
+``--ranks``: 1 process vs ``torchrun --nproc_per_node 2`` (gloo, one torch thread
+per process, so each rank has a core of its own) on a model with >= 12 blocks
+(``--ranks-model``, default ``example:smollm2``, 30 blocks): wall time, speedup,
+identical tables, and ``empas.profile_cost``'s projected time against the measured
+one. Writes ``results/profile_ranks.json``.
+
+    PYTHONPATH=python .venv/bin/python benchmarks/bench_profile.py --ranks [--repeats 3]
 """
 
 from __future__ import annotations
@@ -16,8 +24,11 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -48,15 +59,202 @@ def full_forward_seconds(path, windows, batch_size, repeats) -> float:
     return statistics.median(times)
 
 
+# -- 1 vs 2 ranks (--ranks) ---------------------------------------------------------
+
+RANKS_JSON = Path(__file__).parent / "results" / "profile_ranks.json"
+
+
+def _ranks_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(empas.__file__).resolve().parents[1])]
+        + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+    )
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = "1"  # one torch thread per process: a rank per core
+    return env
+
+
+def _ranks_run(n: int, model: str, args: list[str], out: Path) -> dict:
+    """One profile by ``empas profile`` in ``n`` processes (torchrun when n > 1):
+    the process wall time, and the profile's own timings (measurement only)."""
+    ck = out.with_suffix(".ck.json")
+    for p in out.parent.glob(out.stem + ".*"):
+        p.unlink()
+    prof = ["-m", "empas", "profile", model, "-o", str(out), "--quiet", *args]
+    if n == 1:
+        cmd = [sys.executable, *prof]
+    else:
+        torchrun = [sys.executable, "-m", "torch.distributed.run"]
+        cmd = [*torchrun, "--standalone", "--nproc_per_node", str(n), *prof]
+    cmd += ["--checkpoint", str(ck)]  # the ranks' checkpoints are written as in real use
+    t = time.perf_counter()
+    r = subprocess.run(cmd, env=_ranks_env(), capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if r.returncode != 0:
+        raise RuntimeError(f"{shlex.join(cmd)} failed ({r.returncode}):\n{r.stderr[-3000:]}")
+    p = empas.load_profile(out)
+    t = p.meta["timings"]
+    d = p.meta["source"].get("distributed")
+    return {
+        "command": shlex.join(["OMP_NUM_THREADS=1", *cmd]),
+        "process_wall_s": round(wall, 3),
+        "profile_total_s": t["total_s"],
+        "baseline_s": t["baseline_s"],
+        "experiments": t["experiments"],
+        "ranks": d["ranks"] if d else None,
+        "delta": p.delta,
+        "stderr": p.stderr,
+    }
+
+
+def ranks_main(a) -> int:
+    """1 process vs ``torchrun --nproc_per_node 2``, interleaved ``a.repeats`` times."""
+    torch.set_num_threads(1)  # the projection's micro-benchmark: one thread, as each rank
+    model = a.ranks_model
+    bits = "2" if a.quick else "2,4"
+    n_tokens = 128 if a.quick else a.n_tokens
+    args = ["--bits", bits, "--units", "block", "--n-tokens", str(n_tokens)]
+    args += ["--seq-len", str(a.seq_len), "--batch-size", str(a.batch_size)]
+    load_before = os.getloadavg()
+    est = empas.profile_cost(
+        empas.models.resolve(model) if model.startswith("example:") else model,
+        units="block",
+        choices=[int(b) for b in bits.split(",")],
+        n_tokens=n_tokens,
+        seq_len=a.seq_len,
+        batch_size=a.batch_size,
+        ranks=(1, 2),
+        repeats=3,
+    )
+    if est.n_blocks < 12:
+        print(f"note: {model} has {est.n_blocks} blocks; the issue's target is for >= 12")
+    runs: dict[int, list[dict]] = {1: [], 2: []}
+    with tempfile.TemporaryDirectory(prefix="empas-ranks-") as tmp:
+        for _ in range(a.repeats):
+            for n in (1, 2):  # interleaved: both see the same machine state
+                runs[n].append(_ranks_run(n, model, args, Path(tmp) / f"r{n}.json"))
+    load_after = os.getloadavg()
+    d1, d2 = runs[1][-1], runs[2][-1]
+    same = bool(
+        np.array_equal(d1["delta"], d2["delta"], equal_nan=True)
+        and np.array_equal(d1["stderr"], d2["stderr"], equal_nan=True)
+    )
+    med = {n: {k: statistics.median(r[k] for r in runs[n]) for k in ("process_wall_s",
+           "profile_total_s")} for n in (1, 2)}  # fmt: skip
+    speedup = med[1]["profile_total_s"] / med[2]["profile_total_s"]
+    speedup_wall = med[1]["process_wall_s"] / med[2]["process_wall_s"]
+    proj = {r["ranks"]: r["time_s"] for r in est.per_ranks}
+    projection = [
+        {
+            "ranks": n,
+            "predicted_s": proj[n],
+            "measured_s": med[n]["profile_total_s"],
+            "measured_over_predicted": round(med[n]["profile_total_s"] / proj[n], 3),
+        }
+        for n in (1, 2)
+    ]
+    result = {
+        "benchmark": "empas.bench_profile.ranks/1",
+        "machine": {
+            "cpu": cpu_model(),
+            "cores": os.cpu_count(),
+            "affinity": sorted(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else None,
+            "torch_threads_per_process": 1,
+            "cores_split": "1 process x 1 thread vs 2 ranks x 1 thread (the OS places them; "
+            "no pinning)",
+            "load_average_before": [round(x, 2) for x in load_before],
+            "load_average_after": [round(x, 2) for x in load_after],
+            "platform": platform.platform(),
+            "python": sys.version.split()[0],
+            "torch": torch.__version__,
+        },
+        "model": {"name": model, "blocks": est.n_blocks, "params": est.params, "dtype": est.dtype},
+        "settings": {
+            "units": "block",
+            "bits": bits,
+            "n_tokens": n_tokens,
+            "seq_len": a.seq_len,
+            "batch_size": a.batch_size,
+            "cells": est.cells,
+        },  # fmt: skip
+        "repeats": a.repeats,
+        "runs": {
+            str(n): [{k: v for k, v in r.items() if k not in ("delta", "stderr")} for r in runs[n]]
+            for n in (1, 2)
+        },  # fmt: skip
+        "median": {str(n): med[n] for n in (1, 2)},
+        "speedup_profile": round(speedup, 3),
+        "speedup_process_wall": round(speedup_wall, 3),
+        "same_table": same,
+        "projection": {
+            "micro_benchmark": est.bench,
+            "rows": projection,
+            "note": "profile_cost(benchmark=True) on this machine, 1 torch thread, before the runs",
+        },
+        "target": {"speedup_2_ranks": 1.8, "pass": speedup >= 1.8},
+    }
+    print(
+        f"machine: {result['machine']['cpu']}, {os.cpu_count()} cores; load average "
+        f"{load_before[0]:.2f} before, {load_after[0]:.2f} after (1 min)"
+    )
+    print(
+        f"model: {model}, {est.n_blocks} blocks, {est.params / 1e6:.1f}M params ({est.dtype}); "
+        f"{est.cells} cells (block units, bits {bits} + 16), {est.n_tokens} tokens "
+        f"(seq_len {a.seq_len}); 1 torch thread per process; median of {a.repeats}"
+    )
+    print(f"{'':<24}{'profile s':>12}{'process wall s':>16}{'projected s':>13}{'meas/proj':>11}")
+    for n in (1, 2):
+        name = "1 process" if n == 1 else "torchrun 2 ranks (gloo)"
+        print(
+            f"{name:<24}{med[n]['profile_total_s']:>12.2f}{med[n]['process_wall_s']:>16.2f}"
+            f"{proj[n]:>13.2f}{projection[n - 1]['measured_over_predicted']:>11.2f}"
+        )
+    if runs[2][-1]["ranks"]:
+        for r in runs[2][-1]["ranks"]:
+            print(
+                f"  rank {r['rank']}: {r['n_cells']} cells, {r['cost_blocks']} block passes, "
+                f"{r['experiments_s']:.2f} s of experiments"
+            )
+    print(
+        f"speedup (profile time, without imports and model load): {speedup:.2f}x (target >= "
+        f"1.8x: {'PASS' if result['target']['pass'] else 'FAIL'}); process wall {speedup_wall:.2f}x;"
+        f" same table: {same}"
+    )
+    out = Path(a.json if a.json != str(DEFAULT_JSON) else RANKS_JSON)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"JSON: {out}")
+    if not same:
+        print("error: the 2-rank table differs from the 1-process table", file=sys.stderr)
+        return 1
+    return 0
+
+
+DEFAULT_JSON = Path(__file__).parent / "results" / "profile.json"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke test: fewer tokens, 1 repeat")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--n-tokens", type=int, default=4096)
-    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=None, help="default 3 (--ranks: 1)")
+    ap.add_argument("--n-tokens", type=int, default=None, help="default 4096 (--ranks: 256)")
+    ap.add_argument("--seq-len", type=int, default=None, help="default 128 (--ranks: 64)")
     ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "profile.json"))
+    ap.add_argument("--json", default=str(DEFAULT_JSON), help="(--ranks: profile_ranks.json)")
+    ap.add_argument("--ranks", action="store_true", help="1 process vs 2 torchrun ranks")
+    ap.add_argument("--ranks-model", default="example:smollm2", help="--ranks: the model")
     a = ap.parse_args()
+    if a.ranks:
+        a.repeats = a.repeats or 1
+        a.n_tokens = a.n_tokens or 256
+        a.seq_len = a.seq_len or 64
+        return ranks_main(a)
+    a.repeats = a.repeats or 3
+    a.n_tokens = a.n_tokens or 4096
+    a.seq_len = a.seq_len or 128
     if a.quick:
         a.repeats, a.n_tokens = 1, 1024
     choices = (2, 4, 8)

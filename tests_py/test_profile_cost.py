@@ -93,3 +93,29 @@ def test_cli_dry_run(capsys):
     out = capsys.readouterr().out
     assert "160 cells" in out and "8,030,261,248 parameters" in out
     assert "4 rank(s): at most 40 cells" in out
+
+
+def test_cli_dry_run_of_a_config_transformers_cannot_build(tmp_path, capsys):
+    from empas.cli import main
+
+    bad = tmp_path / "config.json"
+    bad.write_text(json.dumps({"model_type": "no-such-architecture", "hidden_size": 8}))
+    assert main(["profile", str(bad), "--dry-run", "--no-benchmark"]) == 2  # an error, no traceback
+    err = capsys.readouterr().err
+    assert err.startswith("empas profile: error: ") and "cannot build" in err
+    assert "no-such-architecture" in err and "Traceback" not in err
+    # a known architecture whose numbers cannot make a model
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text(
+        json.dumps({"model_type": "llama", "hidden_size": 30, "num_attention_heads": 7,
+                    "num_hidden_layers": 1, "intermediate_size": 16, "vocab_size": 10})
+    )  # fmt: skip
+    assert main(["profile", str(broken), "--dry-run", "--no-benchmark"]) == 2
+    err = capsys.readouterr().err
+    assert "empas profile: error: " in err and "cannot build" in err, err
+    for text in ("{not json", "[1, 2]"):
+        (broken / "config.json").write_text(text)
+        assert main(["profile", str(broken), "--dry-run", "--no-benchmark"]) == 2
+        err = capsys.readouterr().err
+        assert "config.json" in err and ("not valid JSON" in err or "JSON object" in err), err

@@ -27,6 +27,7 @@ from . import _compat, export, models
 from ._native import build_info, version
 from .errors import (
     CheckpointError,
+    DeviceMemoryError,
     EmpasError,
     FormatError,
     InfeasibleError,
@@ -71,6 +72,7 @@ __version__ = version()
 
 __all__ = [
     "CheckpointError",
+    "DeviceMemoryError",
     "EmpasError",
     "FormatError",
     "InfeasibleError",

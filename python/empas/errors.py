@@ -24,6 +24,27 @@ class ProfileError(FormatError):
     """Profiling cannot proceed: bad model, data, units or a non-finite loss."""
 
 
+class DeviceMemoryError(ProfileError):
+    """The device ran out of memory while profiling. ``device``: where;
+    ``needed_bytes``: what :func:`empas.profile_cost` estimates one rank holds for
+    this model and these settings; ``capacity_bytes``: the device's memory (None
+    when unknown); ``phase``: the baseline or the experiment that failed."""
+
+    def __init__(
+        self,
+        message: str,
+        device: str = "",
+        needed_bytes: int | None = None,
+        capacity_bytes: int | None = None,
+        phase: str = "",
+    ):
+        super().__init__(message)
+        self.device = device
+        self.needed_bytes = needed_bytes
+        self.capacity_bytes = capacity_bytes
+        self.phase = phase
+
+
 class StaleCheckpointError(FormatError):
     """A profile checkpoint written for another model, text or settings."""
 

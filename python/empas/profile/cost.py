@@ -176,7 +176,12 @@ def _config(source):
                 f"{str(source)!r} is neither a named shape ({', '.join(SHAPES)}), a model "
                 "directory with a config.json, nor a config.json file"
             )
-        d, name = json.loads(p.read_text()), str(source)
+        try:
+            d, name = json.loads(p.read_text()), str(source)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{p} is not valid JSON: {exc}") from None
+        if not isinstance(d, dict):
+            raise ValueError(f"{p}: a config.json holds a JSON object, got {type(d).__name__}")
     else:
         raise TypeError(
             "profile_cost takes a model, a config (object, dict, config.json, model "
@@ -187,8 +192,11 @@ def _config(source):
         raise ValueError(f"{name}: the config has no model_type")
     try:
         return AutoConfig.for_model(kind, **d), name
-    except (ValueError, KeyError) as exc:
-        raise ValueError(f"{name}: transformers cannot build a {kind!r} config: {exc}") from None
+    except Exception as exc:  # ValueError, KeyError, huggingface_hub's validation errors...
+        raise ValueError(
+            f"{name}: transformers cannot build a {kind!r} config ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())})"
+        ) from None
 
 
 def _meta_model(cfg, name: str):

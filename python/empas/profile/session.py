@@ -31,8 +31,9 @@ from ..util.settings import settle
 from .calibration import batches, calibration_tokens, extra_windows
 from .checkpoint import ProfileCheckpoint
 from .config import ProfileConfig
-from .distributed import Group, cell_cost, current_group, share
+from .distributed import Group, Monitor, _die_for_tests, cell_cost, current_group, share
 from .fisher import fisher_deltas, fisher_diagonal
+from .oom import is_out_of_memory, memory_error
 from .runner import Runner
 from .table import Profile
 from .units import UnitSpec, build_units, unsearched_bytes
@@ -172,16 +173,32 @@ class Session:
 
     def _experiment(self, spec: UnitSpec, bits: int, runner: Runner) -> np.ndarray:
         """Per-sequence losses with ``spec`` alone at ``bits``; weights restored after."""
-        undo = self._change(spec, bits, runner)
         try:
-            losses = runner.run(spec.start)
-        finally:
-            undo.restore()
+            undo = self._change(spec, bits, runner)
+            try:
+                losses = runner.run(spec.start)
+            finally:
+                undo.restore()
+        except (MemoryError, RuntimeError) as exc:
+            if not is_out_of_memory(exc):
+                raise
+            raise memory_error(self, exc, f"the experiment {spec.name} at {bits} bits") from exc
         if not np.all(np.isfinite(losses)):
             raise ProfileError(
                 f"the loss is NaN or infinite with unit {spec.name!r} at {bits} bits"
             )
         return losses
+
+    def _baseline(self, runner: Runner) -> np.ndarray:
+        """The unchanged model's per-sequence losses (and the block-input cache)."""
+        try:
+            return runner.baseline()
+        except (MemoryError, RuntimeError) as exc:
+            if not is_out_of_memory(exc):
+                raise
+            raise memory_error(
+                self, exc, "the baseline pass (which fills the block-input cache)"
+            ) from exc
 
     def measure(
         self,
@@ -191,7 +208,24 @@ class Session:
         on_experiment: Callable[[dict[str, Any]], None] | None = None,
     ) -> Profile:
         """Runs the experiments; ``on_experiment`` receives, after each, the count
-        done and in all, the unit, bits, the cell's mean Δloss and its seconds."""
+        done and in all, the unit, bits, the cell's mean Δloss and its seconds.
+        Under torch.distributed a :class:`~empas.profile.distributed.Monitor`
+        watches the ranks: a rank that dies or fails stops the others with an error
+        naming it (each rank's checkpoint keeps its finished cells)."""
+        group = current_group()
+        if group is None:
+            return self._measure(None, checkpoint, on_stale, progress, on_experiment)
+        group.monitor = Monitor(group).start()
+        try:
+            return self._measure(group, checkpoint, on_stale, progress, on_experiment)
+        except BaseException as exc:
+            group.monitor.leave(exc)  # a no-op when another rank's failure stopped this one
+            raise
+        finally:
+            group.monitor.stop()
+            group.monitor = None
+
+    def _measure(self, group, checkpoint, on_stale, progress, on_experiment) -> Profile:
         import torch
 
         cfg = self.config
@@ -205,7 +239,6 @@ class Session:
             cfg.cache,
             torch.device(cfg.cache_device) if cfg.cache_device else self.device,
         )
-        group = current_group()
         if group is not None:
             self._check_group(group)
         ck = ProfileCheckpoint(_rank_path(checkpoint, group), self._key(), on_stale)
@@ -230,9 +263,12 @@ class Session:
             mine = share(costs, group.world)[group.rank]
             experiments = [experiments[i] for i in mine]
             my_cost = sum(costs[i] for i in mine)
+            group.monitor.total = len(experiments)
         todo = [
             (u, c) for u, c in experiments if _ekey(self.specs[u], self.choices[c]) not in ck.done
         ]
+        if group is not None:
+            group.monitor.progress(len(experiments) - len(todo))  # resumed from the checkpoint
         bar = progress_bar(
             len(experiments),
             "empas profile" if group is None else f"empas profile [rank {group.rank}]",
@@ -241,10 +277,9 @@ class Session:
             initial=len(experiments) - len(todo),
         )
         t0 = time.perf_counter()
-        failure = None
         times = []
         try:
-            base = runner.baseline()
+            base = self._baseline(runner)
             t_base = time.perf_counter() - t0
             if not np.all(np.isfinite(base)):
                 raise ProfileError(
@@ -258,31 +293,30 @@ class Session:
                     "holds (different weights, device or software?); delete it to start over"
                 )
             ck.done["baseline"] = base.tolist()
-            try:
-                for k, (u, c) in enumerate(todo):
-                    spec, bits = self.specs[u], self.choices[c]
-                    te = time.perf_counter()
-                    losses = self._experiment(spec, bits, runner)
-                    ck.done[_ekey(spec, bits)] = losses.tolist()
-                    ck.save()
-                    times.append(time.perf_counter() - te)
-                    if on_experiment is not None:
-                        on_experiment(
-                            {
-                                "done": len(experiments) - len(todo) + k + 1,
-                                "total": len(experiments),
-                                "unit": spec.name,
-                                "bits": bits,
-                                "delta": float(np.mean(losses) - np.mean(base)),
-                                "seconds": times[-1],
-                            }
-                        )
-                    bar.set_postfix_str(f"{spec.name}@{bits}", refresh=False)
-                    bar.update(1)
-            except Exception as exc:
-                if group is None:
-                    raise
-                failure = f"{type(exc).__name__}: {exc}"  # told to the other ranks below
+            for k, (u, c) in enumerate(todo):
+                spec, bits = self.specs[u], self.choices[c]
+                te = time.perf_counter()
+                losses = self._experiment(spec, bits, runner)
+                ck.done[_ekey(spec, bits)] = losses.tolist()
+                ck.save()
+                times.append(time.perf_counter() - te)
+                if group is not None:  # another rank dead or failed: stop here, say which
+                    group.monitor.progress(len(experiments) - len(todo) + k + 1)
+                    _die_for_tests(group.rank, k + 1)
+                    group.monitor.check()
+                if on_experiment is not None:
+                    on_experiment(
+                        {
+                            "done": len(experiments) - len(todo) + k + 1,
+                            "total": len(experiments),
+                            "unit": spec.name,
+                            "bits": bits,
+                            "delta": float(np.mean(losses) - np.mean(base)),
+                            "seconds": times[-1],
+                        }
+                    )
+                bar.set_postfix_str(f"{spec.name}@{bits}", refresh=False)
+                bar.update(1)
         finally:
             bar.close()
             runner.cached.clear()
@@ -293,9 +327,10 @@ class Session:
         dist_info = None
         if group is not None:
             base, dist_info = self._gather(
-                group, ck, experiments, base, failure, t_mine, times, my_cost,
+                group, ck, experiments, base, t_mine, times, my_cost,
                 len(experiments) - len(todo), checkpoint,
             )  # fmt: skip
+            group.monitor.stop()  # every rank is past the last collective
         if fingerprint(self.model) != self.model_meta["fingerprint"]:  # belt and braces
             raise RuntimeError("EMPAS bug: the model's weights were not restored exactly")
         t_est = time.perf_counter()
@@ -376,7 +411,7 @@ class Session:
                 "torch.distributed ranks yet: profile without it, or in one process"
             )
 
-    def _gather(self, group, ck, mine, base, failure, t_mine, times, cost, resumed, checkpoint):
+    def _gather(self, group, ck, mine, base, t_mine, times, cost, resumed, checkpoint):
         """Every rank's cells into ``ck.done`` (on every rank); rank 0 writes the
         merged checkpoint. Returns (rank 0's baseline, the provenance record)."""
         cells = {}
@@ -388,7 +423,6 @@ class Session:
             "rank": group.rank,
             "host": group.host(),
             "device": str(self.device),
-            "error": failure,
             "baseline": base.tolist(),
             "cells": cells,
             "n_cells": len(mine),
@@ -398,14 +432,7 @@ class Session:
             "experiments_s": round(t_mine, 4),
             "times": times,
         }
-        all_msgs = group.gather(msg)
-        bad = [m for m in all_msgs if m["error"] is not None]
-        if bad:
-            raise ProfileError(
-                "torch.distributed: "
-                + "; ".join(f"rank {m['rank']} ({m['host']}) failed: {m['error']}" for m in bad)
-                + " (each rank's checkpoint keeps its finished cells: rerun the same command)"
-            )
+        all_msgs = group.gather(msg)  # a rank that failed or died is named before this
         base0 = np.asarray(all_msgs[0]["baseline"])
         for m in all_msgs[1:]:
             if not np.allclose(m["baseline"], base0, rtol=1e-5, atol=1e-6):
@@ -508,7 +535,7 @@ class Session:
             )
             try:
                 bk = f"baseline#r{rounds}"
-                base = runner.baseline()
+                base = self._baseline(runner)
                 if bk in ck.done and not np.allclose(ck.done[bk], base, rtol=1e-5, atol=1e-6):
                     raise FormatError("checkpoint: the refinement baseline differs; delete it")
                 ck.done[bk] = base.tolist()
