@@ -37,6 +37,7 @@ from .errors import (
 )
 from .plan import Plan, load_plan
 from .profile import (
+    LatencyTable,
     Profile,
     ProfileConfig,
     Unit,
@@ -44,10 +45,12 @@ from .profile import (
     example_profile,
     fit_table,
     load_profile,
+    measure_latency,
     profile,
     profile_cost,
     rank_correlation,
     synthetic_profile,
+    with_latency,
 )
 from .quant import (
     QuantConfig,
@@ -74,6 +77,7 @@ __all__ = [
     "EmpasError",
     "FormatError",
     "InfeasibleError",
+    "LatencyTable",
     "MeasuredSearch",
     "NativeBuildError",
     "Plan",
@@ -102,6 +106,7 @@ __all__ = [
     "load_plan",
     "load_quantized",
     "load_profile",
+    "measure_latency",
     "models",
     "packing",
     "parse_size",
@@ -114,4 +119,5 @@ __all__ = [
     "search_measured",
     "synthetic_profile",
     "verify",
+    "with_latency",
 ]
