@@ -229,3 +229,111 @@ def test_cli_profile_with_latency(tiny_model_path, tmp_path):
     prof = empas.load_profile(out)
     assert prof.latency is not None and (prof.latency > 0).all()
     assert prof.meta["source"]["latency"]["repeats"] == 1
+
+
+# -- verify --speed ------------------------------------------------------------------
+
+SPEED = dict(
+    speed=True,
+    speed_new_tokens=4,
+    speed_prompt_tokens=8,
+    speed_prefill_tokens=16,
+    speed_repeats=1,
+    max_tokens=300,
+    baselines=(16, 4, 2),
+    progress=False,
+)
+
+
+@pytest.fixture(scope="module")
+def speed_report(tiny_model_path, lat_profile, eval_texts):
+    res = empas.search(lat_profile, latency=True, pop_size=16, generations=4, seed=0)
+    return empas.verify(tiny_model_path, res, eval_texts, profile=lat_profile, **SPEED)
+
+
+def test_verify_speed_fields_and_predicted_latency(speed_report, lat_profile):
+    rows = {r["name"]: r for r in speed_report.rows}
+    assert "original" in rows and "uniform-fp16" in rows and "balanced" in rows
+    for r in rows.values():
+        for k in ("decode_tok_s", "prefill_tok_s", "decode_ms_per_token", "prefill_ms_per_token"):
+            assert r[k] > 0 and np.isfinite(r[k]), (r["name"], k)
+        assert r["decode_tok_s"] == pytest.approx(1e3 / r["decode_ms_per_token"])
+        assert len(r["decode_ms_samples"]) == 1
+    assert rows["original"]["pred_latency"] is None  # not a plan: nothing predicted
+    fp16 = lat_profile.choices.index(16)
+    assert rows["uniform-fp16"]["pred_latency"] == pytest.approx(lat_profile.latency[:, fp16].sum())
+    bal = speed_report.plans["balanced"]
+    assert rows["balanced"]["pred_latency"] == pytest.approx(bal.predicted_latency)
+
+
+def test_verify_speed_spearman_is_computed_from_the_rows(speed_report):
+    from empas.util.stats import spearman
+
+    sp = speed_report.extra["speed"]
+    pts = [r for r in speed_report.rows if r["pred_latency"] is not None]
+    assert sp["n_compared"] == len(pts) >= 3
+    assert sp["compared"] == [r["name"] for r in pts]
+    for what in ("decode", "prefill"):
+        want = spearman([r["pred_latency"] for r in pts], [r[f"{what}_ms_per_token"] for r in pts])
+        assert sp[f"spearman_{what}"] == pytest.approx(want)
+        assert -1.0 <= sp[f"spearman_{what}"] <= 1.0
+    assert (sp["new_tokens"], sp["prompt_tokens"], sp["prefill_tokens"], sp["repeats"]) == (
+        4,
+        8,
+        16,
+        1,
+    )
+    assert sp["latency_table"]["repeats"] == 3
+
+
+def test_verify_speed_report_json_and_table(speed_report, tmp_path):
+    text = speed_report.table()
+    assert "decode tok/s" in text and "Spearman" in text
+    path = speed_report.save(tmp_path / "v.json")
+    doc = json.loads(path.read_text())
+    assert doc["speed"]["n_compared"] >= 3
+    assert all("decode_tok_s" in r for r in doc["rows"])
+    back = empas.VerifyReport.load(path)
+    assert back.speed_table() == speed_report.speed_table()
+    assert "decode_tok_s" in speed_report.to_pandas().columns
+
+
+def test_verify_speed_without_latency_table(tiny_model_path, tiny_profile, eval_texts):
+    rep = empas.verify(
+        tiny_model_path, None, eval_texts, profile=tiny_profile, **{**SPEED, "baselines": (16, 4)}
+    )
+    assert all(r["pred_latency"] is None for r in rep.rows)
+    sp = rep.extra["speed"]
+    assert sp["n_compared"] == 0 and sp["spearman_decode"] is None
+    assert "no rank correlation" in rep.speed_table()
+    assert empas.VerifyConfig().speed is False  # opt-in: it costs generation time
+
+
+def test_verify_speed_bad_settings(tiny_model_path, tiny_profile, eval_texts):
+    with pytest.raises(ValueError, match="speed_new_tokens must be >= 1"):
+        empas.VerifyConfig(speed=True, speed_new_tokens=0)
+    with pytest.raises(ValueError, match="exceeds the model's context of 64"):
+        empas.verify(
+            tiny_model_path,
+            None,
+            eval_texts,
+            profile=tiny_profile,
+            **{**SPEED, "baselines": (16,), "speed_new_tokens": 60},
+        )
+
+
+def test_cli_verify_speed(tiny_model_path, lat_profile, eval_texts, tmp_path, capsys):
+    prof = lat_profile.save(tmp_path / "p.json")
+    ev = tmp_path / "eval.txt"
+    ev.write_text("\n\n".join(eval_texts))
+    out = tmp_path / "v.json"
+    rc = main(
+        ["verify", str(tiny_model_path), "--profile", str(prof), "--eval", str(ev), "-o", str(out)]
+        + ["--baselines", "16,8,4,2", "--no-honesty", "--max-tokens", "300", "--quiet"]
+        + ["--speed", "--speed-new-tokens", "3", "--speed-prefill-tokens", "8"]
+        + ["--speed-prompt-tokens", "4", "--speed-repeats", "1", "--device", "cpu"]
+    )
+    assert rc == 0
+    doc = json.loads(out.read_text())
+    assert doc["speed"]["n_compared"] == 4 and doc["speed"]["spearman_decode"] is not None
+    assert "decode tok/s" in capsys.readouterr().out

@@ -491,6 +491,19 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     )
     v.add_argument("--plot", help="write the predicted-vs-measured plot (PNG) here")
     v.add_argument(
+        "--speed",
+        action="store_true",
+        help="also time every plan end to end (packed) and the original model: decode tok/s "
+        "(batch 1, greedy) and prefill tok/s; with a profile's latency table, the Spearman "
+        "rank correlation of predicted latency with measured time per token",
+    )
+    v.add_argument("--speed-new-tokens", type=int, default=32, help="--speed: decoded tokens")
+    v.add_argument("--speed-prompt-tokens", type=int, default=16, help="--speed: prompt length")
+    v.add_argument(
+        "--speed-prefill-tokens", type=int, help="--speed: prefill length (default min(128, ctx))"
+    )
+    v.add_argument("--speed-repeats", type=int, default=3, help="--speed: timed rounds")
+    v.add_argument(
         "--no-honesty",
         action="store_true",
         help="skip best_under_int4 (the best plan of the profile's exact front within the "
@@ -995,6 +1008,11 @@ def _cmd_verify(a: argparse.Namespace) -> int:
         baselines=baselines,
         mode=a.mode,
         memory=a.memory,
+        speed=a.speed,
+        speed_new_tokens=a.speed_new_tokens,
+        speed_prompt_tokens=a.speed_prompt_tokens,
+        speed_prefill_tokens=a.speed_prefill_tokens,
+        speed_repeats=a.speed_repeats,
     )
     rep = verify(
         model,
