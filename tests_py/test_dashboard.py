@@ -289,6 +289,77 @@ def test_app_colours_a_three_objective_front_by_latency(app, tmp_path):
     assert front["resolve"]["scale"]["color"] == "independent"
 
 
+def _latency_results(tmp_path):
+    """A latency search over a synthetic profile, and a verify.json whose rows carry
+    predicted latency (the profile's Σ cells) and *synthetic* speed figures (a test
+    fixture, not a measurement: decode ms/token = predicted latency, prefill ms/token
+    = 1 / predicted latency), with the speed section speed_summary computes from them."""
+    from empas.verify.speed import speed_summary
+
+    d = empas.synthetic_profile(21, seed=3).to_dict()
+    d["latency"] = [[1.0 + b / 16 + u / 100 for b in d["choices"]] for u in range(len(d["units"]))]
+    prof = empas.Profile.from_dict(d)
+    res = empas.search(prof, latency=True, pop_size=40, generations=5)
+    res.save(tmp_path)
+    prof.save(tmp_path / "profile.json")
+    doc = _write_verify(tmp_path / "verify.json", prof, res)
+    for r in doc["rows"]:
+        if r["kind"] == "original":
+            r.update(pred_latency=None, decode_tok_s=50.0, prefill_tok_s=900.0)
+            r.update(decode_ms_per_token=20.0, prefill_ms_per_token=1000 / 900)
+            continue
+        lat = prof.evaluate(r["bits"])["latency"]
+        r.update(pred_latency=lat, decode_tok_s=1000 / lat, prefill_tok_s=1000 * lat)
+        r.update(decode_ms_per_token=lat, prefill_ms_per_token=1 / lat)
+    doc["speed"] = speed_summary(
+        doc["rows"], {"new_tokens": 32, "prefill_tokens": 128, "repeats": 3}
+    )
+    (tmp_path / "verify.json").write_text(json.dumps(doc))
+    return prof, res, doc
+
+
+def test_dashboard_shows_latency_and_speed(tmp_path):
+    prof, res, doc = _latency_results(tmp_path)
+    r = load_results(tmp_path)
+    assert r.has_latency and r.has_speed
+    t = D.comparison_table(r)
+    for c in ("pred latency (ms)", "decode tok/s", "prefill tok/s"):
+        assert c in t.columns, c
+    for name, i in r.archetypes.items():  # archetypes: the front's third objective
+        row = t[t["plan"] == name].iloc[0]
+        assert row["pred latency (ms)"] == pytest.approx(res.front.latency[i])
+        assert row["decode tok/s"] == pytest.approx(1000 / res.front.latency[i])
+    u4 = t[t["plan"] == "uniform-int4"].iloc[0]  # a verified baseline: verify's Σ cells
+    assert u4["pred latency (ms)"] == pytest.approx(prof.evaluate([4] * prof.n_units)["latency"])
+    assert doc["speed"]["spearman_decode"] == pytest.approx(1.0)  # ms/token grows with latency
+    assert doc["speed"]["spearman_prefill"] == pytest.approx(-1.0)  # the fixture's reverse
+    text = D.speed_text(r)
+    assert "Spearman" in text and "decode 1.000, prefill -1.000" in text
+    view = D.plan_view(r, "archetype:balanced")
+    pst = D.plan_speed_text(r, view)
+    assert f"{res.front.latency[r.archetypes['balanced']]:.4g} ms" in pst and "tok/s" in pst
+    # no speed in verify.json: no speed columns, no speed text
+    plain = tmp_path / "plain"
+    res.save(plain)
+    prof.save(plain / "profile.json")
+    _write_verify(plain / "verify.json", prof, res)
+    r2 = load_results(plain)
+    assert not r2.has_speed and D.speed_text(r2) is None
+    t2 = D.comparison_table(r2)
+    assert "pred latency (ms)" in t2.columns and "decode tok/s" not in t2.columns
+
+
+def test_app_shows_speed_and_predicted_latency(app, tmp_path):
+    _latency_results(tmp_path)
+    at = app(tmp_path)
+    assert not at.exception and not at.error
+    caps = [c.value for c in at.caption]
+    assert any("Spearman" in c and "decode" in c for c in caps), caps
+    assert any("predicted latency" in c and "tok/s" in c for c in caps), caps
+    cols = [list(df.value.columns) for df in at.dataframe]
+    assert any("pred latency (ms)" in c and "decode tok/s" in c for c in cols), cols
+
+
 def test_no_profile_falls_back(results_dir, tmp_path):
     """Without a profile (nor verify meta), predicted Δloss is unknown: said, not guessed."""
     _, _, res = results_dir

@@ -38,6 +38,7 @@ from .errors import (
 )
 from .plan import Plan, load_plan
 from .profile import (
+    LatencyTable,
     Profile,
     ProfileConfig,
     Unit,
@@ -45,10 +46,12 @@ from .profile import (
     example_profile,
     fit_table,
     load_profile,
+    measure_latency,
     profile,
     profile_cost,
     rank_correlation,
     synthetic_profile,
+    with_latency,
 )
 from .quant import (
     QuantConfig,
@@ -76,6 +79,7 @@ __all__ = [
     "EmpasError",
     "FormatError",
     "InfeasibleError",
+    "LatencyTable",
     "MeasuredSearch",
     "NativeBuildError",
     "Plan",
@@ -104,6 +108,7 @@ __all__ = [
     "load_plan",
     "load_quantized",
     "load_profile",
+    "measure_latency",
     "models",
     "packing",
     "parse_size",
@@ -116,4 +121,5 @@ __all__ = [
     "search_measured",
     "synthetic_profile",
     "verify",
+    "with_latency",
 ]

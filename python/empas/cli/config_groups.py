@@ -37,7 +37,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "search": ("search", "demo"),
     "profile": ("profile", "demo"),
     "verify": ("verify", "demo"),
-    "model": ("profile", "verify", "demo", "serve", "export"),
+    "model": ("profile", "verify", "demo", "serve", "export", "latency"),
 }
 
 PACKAGED = Path(__file__).resolve().parent.parent / "conf"

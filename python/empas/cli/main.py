@@ -1,5 +1,5 @@
-"""Command line: ``empas demo | profile | search | verify | export | serve |
-dashboard | info``.
+"""Command line: ``empas demo | profile | latency | search | verify | export |
+serve | dashboard | info``.
 
 Every option can also come from a YAML or TOML file (``--config FILE``; the
 command line wins; see :mod:`empas.config`); ``--print-config`` shows the
@@ -25,6 +25,10 @@ examples:
   empas info example:tinyllama
   empas profile path/to/model --calib calib.txt -o profile.json --units sublayer
   empas profile example:tiny-llama -o tiny.json --bits 0,2,3,4,8 --estimate
+  empas profile example:tiny-llama -o tiny.json --latency   # + the latency table
+  empas latency tiny.json --model example:tiny-llama -o tiny.lat.json --device cpu
+  empas search tiny.lat.json -o out/lat --latency           # loss x bytes x latency
+  empas verify example:tiny-llama --profile tiny.lat.json --plans out/lat/plans --speed -o v.json
   empas verify example:tiny-llama --profile tiny.json --plans out/plans -o verify.json
   empas verify MODEL --eval held_out.txt --plans a.json b.json --fidelity 30 -o v.json
   empas export out/plans/balanced.json --format packed --model MODEL -o ckpt/
@@ -55,6 +59,7 @@ REQUIRED: dict[str, list[str]] = {
     "export": ["plan", "format", "out"],
     "serve": ["model"],
     "info": ["path"],
+    "latency": ["profile", "model", "out"],
 }
 
 
@@ -219,6 +224,19 @@ def _profile_options(
     p.add_argument("--seq-len", type=int, help="tokens per sequence (default: the context)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
+
+
+def _latency_options(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    """What measure_latency takes (profile --latency: --latency-batch ...; latency: --batch ...)."""
+    what = " of the latency table" if prefix else ""
+    p.add_argument(
+        f"--{prefix}batch", type=int, default=1, help=f"input batch{what} (default 1: decode)"
+    )
+    p.add_argument(
+        f"--{prefix}tokens", type=int, default=1, help=f"tokens per input{what} (default 1: decode)"
+    )
+    p.add_argument(f"--{prefix}repeats", type=int, default=7, help="timed rounds (median)")
+    p.add_argument(f"--{prefix}warmup", type=int, default=2, help="untimed warm-up rounds")
 
 
 def _search_options(p: argparse.ArgumentParser) -> None:
@@ -394,6 +412,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         help="also the one-backward-pass Fisher estimate (OUT.fisher.json) and its rank "
         "correlation with the measured table",
     )
+    r.add_argument(
+        "--latency",
+        action="store_true",
+        help="also time every (unit, choice) on --device and write the latency table into the "
+        "profile (empas search --latency reads it; see empas latency)",
+    )
+    _latency_options(r, "latency-")
     _quiet(r)
     r.add_argument(
         "--force",
@@ -414,6 +439,28 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         action="store_true",
         help="--dry-run: counts only, no micro-benchmark of one block (no time estimate)",
     )
+
+    la = subs["latency"] = _sub(
+        sub,
+        "latency",
+        "time every (unit, choice) of a profile on a device and write its latency table (ms of "
+        "each unit's linear layers, packed as a plan would run them; median of interleaved "
+        "repeats) into a copy of the profile",
+        parents,
+    )
+    la.add_argument("profile", nargs="?", help="the empas.sensitivity/1 profile to add it to")
+    _model(la, positional=False)
+    la.add_argument(
+        "-o",
+        "--out",
+        help="the profile with its latency table (required; may be PROFILE itself with --force). "
+        "The fingerprint covers the table: search again from the new file",
+    )
+    _device(la)
+    _latency_options(la)
+    la.add_argument("--seed", type=int, default=0, help="the interleaving order and inputs")
+    _quiet(la)
+    la.add_argument("--force", action="store_true", help="overwrite the output file")
 
     v = subs["verify"] = _sub(
         sub,
@@ -443,6 +490,19 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         "--fidelity", type=int, default=0, metavar="N", help="also measure N random plans"
     )
     v.add_argument("--plot", help="write the predicted-vs-measured plot (PNG) here")
+    v.add_argument(
+        "--speed",
+        action="store_true",
+        help="also time every plan end to end (packed) and the original model: decode tok/s "
+        "(batch 1, greedy) and prefill tok/s; with a profile's latency table, the Spearman "
+        "rank correlation of predicted latency with measured time per token",
+    )
+    v.add_argument("--speed-new-tokens", type=int, default=32, help="--speed: decoded tokens")
+    v.add_argument("--speed-prompt-tokens", type=int, default=16, help="--speed: prompt length")
+    v.add_argument(
+        "--speed-prefill-tokens", type=int, help="--speed: prefill length (default min(128, ctx))"
+    )
+    v.add_argument("--speed-repeats", type=int, default=3, help="--speed: timed rounds")
     v.add_argument(
         "--no-honesty",
         action="store_true",
@@ -796,6 +856,20 @@ def _profile_run(a: argparse.Namespace, device: str | None) -> int:
         raise ValueError(f"{exc} (or pass --force to start over)") from None
     if not lead:
         return 0
+    if a.latency:
+        tab = empas.measure_latency(
+            model,
+            prof,
+            device=device,
+            batch=a.latency_batch,
+            tokens=a.latency_tokens,
+            repeats=a.latency_repeats,
+            warmup=a.latency_warmup,
+            seed=a.seed,
+            progress=not a.quiet,
+        )
+        prof = tab.into(prof)
+        print(tab)
     prof.save(out)
     t = prof.meta["timings"]
     print(prof)
@@ -822,6 +896,38 @@ def _profile_run(a: argparse.Namespace, device: str | None) -> int:
             f"Fisher estimate: {est.meta['timings']['total_s']:.1f} s; Spearman rank correlation "
             f"with the measured table {rho:.3f}; wrote {epath}"
         )
+    return 0
+
+
+def _cmd_latency(a: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import empas
+
+    out = Path(a.out)
+    if out.exists() and not a.force:
+        raise FileExistsError(f"{out} exists; pass --force to overwrite it")
+    prof = empas.load_profile(a.profile)
+    had = prof.latency is not None
+    tab = empas.measure_latency(
+        _model_arg(a.model),
+        prof,
+        device=a.device,
+        batch=a.batch,
+        tokens=a.tokens,
+        repeats=a.repeats,
+        warmup=a.warmup,
+        seed=a.seed,
+        progress=not a.quiet,
+    )
+    new = tab.into(prof)
+    new.save(out)
+    print(tab)
+    print(
+        f"{'replaced the' if had else 'added a'} latency table: fingerprint {prof.fingerprint} -> "
+        f"{new.fingerprint} (results searched from the old profile no longer match it)"
+    )
+    print(f"wrote {out}")
     return 0
 
 
@@ -902,6 +1008,11 @@ def _cmd_verify(a: argparse.Namespace) -> int:
         baselines=baselines,
         mode=a.mode,
         memory=a.memory,
+        speed=a.speed,
+        speed_new_tokens=a.speed_new_tokens,
+        speed_prompt_tokens=a.speed_prompt_tokens,
+        speed_prefill_tokens=a.speed_prefill_tokens,
+        speed_repeats=a.speed_repeats,
     )
     rep = verify(
         model,
@@ -1024,6 +1135,7 @@ COMMANDS = {
     "search": _cmd_search,
     "info": _cmd_info,
     "profile": _cmd_profile,
+    "latency": _cmd_latency,
     "verify": _cmd_verify,
     "export": _cmd_export,
     "serve": _cmd_serve,

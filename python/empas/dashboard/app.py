@@ -323,6 +323,9 @@ def show_plan(res: D.Results, view: D.PlanView, key: str, prefix: str) -> None:
         help="held-out loss minus the original model's (from verify.json)",
     )
     st.caption(f"{view.label} bits: {' '.join(map(str, view.bits))}")
+    speed = D.plan_speed_text(res, view)
+    if speed is not None:
+        st.caption(f"{view.label}: {speed}")
     st.altair_chart(precision_chart(res, view), width="stretch")
     with st.expander("Units"):
         df, _ = D.precision_map(res, view.bits)
@@ -406,6 +409,9 @@ def section_archetypes(res: D.Results) -> None:
             f"tokens ({m.get('eval_source', '?')}), mode {m.get('mode', '?')}, "
             f"{m.get('device', '?')}."
         )
+    speed = D.speed_text(res)
+    if speed is not None:
+        st.caption(speed)
 
 
 def section_budget(res: D.Results) -> None:

@@ -91,11 +91,17 @@ class Results:
     model_path: str = ""  # the identity as recorded (often a cache path); ``model`` is its name
     hv_vs_exact: float | None = None  # hypervolume / the exact front's (None: unknown)
     hv_source: str | None = None  # where hv_vs_exact comes from
+    speed: dict[str, Any] | None = None  # verify.json's speed section (verify --speed)
 
     @property
     def has_latency(self) -> bool:
         """Whether the front has a third objective (predicted latency)."""
         return "latency" in self.front.columns
+
+    @property
+    def has_speed(self) -> bool:
+        """Whether the verify report has end-to-end speed (``empas verify --speed``)."""
+        return self.speed is not None
 
     @property
     def has_delta(self) -> bool:
@@ -340,6 +346,9 @@ def _verify_frame(report: VerifyReport, res: Results) -> pd.DataFrame:
                 "avg_bits": _opt(row.get("avg_bits")),
                 "bits": bits,
                 "rss_mb": _opt(row.get("rss_mb")),
+                "pred_latency": _opt(row.get("pred_latency")),
+                "decode_tok_s": _opt(row.get("decode_tok_s")),
+                "prefill_tok_s": _opt(row.get("prefill_tok_s")),
                 "front_index": fi,
                 "x_bytes": x_bytes,
                 "x_mib": None if x_bytes is None else x_bytes / MIB,
@@ -501,6 +510,8 @@ def load_results(
         res.verify_meta = report.meta
         honesty = report.extra.get("honesty")
         res.honesty = honesty if isinstance(honesty, dict) else None
+        speed = report.extra.get("speed")
+        res.speed = speed if isinstance(speed, dict) else None
         for _, row in res.verify.iterrows():
             fi = row["front_index"]
             if not pd.isna(fi) and verified[int(fi)] is None:
@@ -756,6 +767,7 @@ def comparison_table(res: Results) -> pd.DataFrame:
                 "Δloss": None if m is None else m["delta"],
                 "MiB": None if m is None or m["bytes"] is None else m["bytes"] / MIB,
                 "error (Δ − pred Δ)": None if m is None else m["error"],
+                **_speed_cells(res, float(f["latency"]) if res.has_latency else None, m),
             }
         )
     if res.verify is not None:
@@ -778,6 +790,7 @@ def comparison_table(res: Results) -> pd.DataFrame:
                     "Δloss": r["delta"],
                     "MiB": None if r["bytes"] is None else r["bytes"] / MIB,
                     "error (Δ − pred Δ)": r["error"],
+                    **_speed_cells(res, r.get("pred_latency"), r),
                 }
             )
     df = pd.DataFrame(rows)
@@ -786,6 +799,70 @@ def comparison_table(res: Results) -> pd.DataFrame:
         if c not in ("plan", "kind", "front #"):
             df[c] = pd.to_numeric(df[c], errors="coerce")
     return df
+
+
+def _speed_cells(res: Results, pred_latency, m) -> dict[str, Any]:
+    """The latency columns of a comparison row: predicted latency (a latency
+    search, or verify's Σ per-unit cells) and measured decode/prefill tokens/s
+    (verify --speed); none when neither is known."""
+    out: dict[str, Any] = {}
+    has_pred = res.has_latency or (
+        res.verify is not None and res.verify["pred_latency"].notna().any()
+    )
+    if has_pred:
+        if pred_latency is None and m is not None:
+            pred_latency = m.get("pred_latency")
+        out["pred latency (ms)"] = pred_latency
+    if res.has_speed:
+        out["decode tok/s"] = None if m is None else m.get("decode_tok_s")
+        out["prefill tok/s"] = None if m is None else m.get("prefill_tok_s")
+    return out
+
+
+def plan_speed_text(res: Results, view: PlanView) -> str | None:
+    """Predicted latency of a plan (a latency search's front, or verify's Σ per-unit
+    cells) and its measured decode/prefill tokens/s (verify --speed), or None."""
+    parts = []
+    pred = None
+    if res.has_latency and view.front_index is not None:
+        pred = float(res.front["latency"].iloc[view.front_index])
+    m = view.measured
+    if pred is None and m is not None:
+        pred = _opt(m.get("pred_latency"))
+    if pred is not None:
+        parts.append(f"predicted latency {pred:.4g} ms (Σ per-unit cells, + a constant)")
+    if m is not None and _opt(m.get("decode_tok_s")) is not None:
+        parts.append(
+            f"measured decode {m['decode_tok_s']:.1f} tok/s, prefill "
+            f"{_num(m.get('prefill_tok_s')):.1f} tok/s"
+        )
+    return "; ".join(parts) if parts else None
+
+
+def speed_text(res: Results) -> str | None:
+    """One line on verify --speed: settings and the predicted-vs-measured rank
+    correlation (None without speed measurements)."""
+    sp = res.speed
+    if sp is None:
+        return None
+
+    def num(v):
+        return "–" if v is None else f"{v:.3f}"
+
+    text = (
+        f"Speed (packed, batch 1): decode {sp.get('new_tokens', '?')} greedy tokens, prefill "
+        f"{sp.get('prefill_tokens', '?')} tokens, median of {sp.get('repeats', '?')} "
+        f"interleaved rounds."
+    )
+    if sp.get("n_compared", 0) >= 3:
+        text += (
+            f" Predicted latency (Σ per-unit table cells) vs measured time per token, "
+            f"Spearman over {sp['n_compared']} plans: decode {num(sp.get('spearman_decode'))}, "
+            f"prefill {num(sp.get('spearman_prefill'))}."
+        )
+    else:
+        text += " No rank correlation: the profile has no latency table (empas latency)."
+    return text
 
 
 def front_overlay(res: Results) -> pd.DataFrame:

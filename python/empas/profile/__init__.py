@@ -26,12 +26,14 @@ from .config import LOSSES, UNIT_MODES, ProfileConfig
 from .cost import SHAPES, CostEstimate, profile_cost
 from .estimator import estimate_sensitivity, rank_correlation
 from .fit import TABLES, adjustment, fit_table, plan_stderr
+from .latency import LatencyTable, measure_latency, with_latency
 from .session import profile
 from .synthetic import synthetic_profile
 from .table import NEGATIVE_POLICIES, Profile, Unit, example_profile, load_profile
 
 __all__ = [
     "CostEstimate",
+    "LatencyTable",
     "LOSSES",
     "NEGATIVE_POLICIES",
     "UNIT_MODES",
@@ -47,9 +49,11 @@ __all__ = [
     "example_profile",
     "fit_table",
     "load_profile",
+    "measure_latency",
     "plan_stderr",
     "profile",
     "profile_cost",
     "rank_correlation",
     "synthetic_profile",
+    "with_latency",
 ]

@@ -418,11 +418,18 @@ class SearchResult:
 
     def _csv(self) -> str:
         f, labels = self.front, self._labels()
-        lines = ["index,predicted_loss,predicted_bytes,avg_bits,archetypes,bits"]
+        lat = f.latency is not None  # a latency search: its third objective, before the bits
+        lines = [
+            "index,predicted_loss,predicted_bytes,avg_bits,archetypes,"
+            + ("predicted_latency," if lat else "")
+            + "bits"
+        ]
         for i in range(len(f)):
             lines.append(
                 f"{i},{f.loss[i]:.10g},{int(f.bytes[i])},{f.avg_bits[i]:.6g},"
-                f"{'|'.join(labels.get(i, []))},{' '.join(map(str, f.bits(i)))}"
+                f"{'|'.join(labels.get(i, []))},"
+                + (f"{f.latency[i]:.10g}," if lat else "")
+                + f"{' '.join(map(str, f.bits(i)))}"
             )
         return "\n".join(lines) + "\n"
 
@@ -440,6 +447,7 @@ class SearchResult:
                 "predicted_mib": f.bytes / 2**20,
                 "avg_bits": f.avg_bits,
                 "archetypes": [",".join(labels.get(i, [])) for i in range(len(f))],
+                **({} if f.latency is None else {"predicted_latency": f.latency}),
                 "bits": [f.bits(i) for i in range(len(f))],
             }
         )
@@ -491,11 +499,22 @@ class SearchResult:
                 f"epsilon-grid front: each exact front plan has one here of no greater loss "
                 f"and at most {format_bytes(int(bound))} ({int(bound):,} bytes) larger"
             )
-        lines.append(f"{'archetype':<18} {'loss':>10} {'size':>12} {'avg bits':>9}")
+        lat = self.front.latency is not None
+        lines.append(
+            f"{'archetype':<18} {'loss':>10} {'size':>12} {'avg bits':>9}"
+            + (f" {'latency':>10}" if lat else "")
+        )
         for name, p in self.archetypes.items():
+            pl = p.predicted_latency
             lines.append(
                 f"{name:<18} {p.predicted_loss:>10.4f} {format_bytes(p.predicted_bytes):>12} "
                 f"{p.predicted_avg_bits:>9.2f}"
+                + ((f" {pl:>10.4f}" if pl is not None else f" {'-':>10}") if lat else "")
+            )
+        if lat:
+            lines.append(
+                "latency: the profile's table summed over units (ms of the units' linear "
+                "layers; the rest of the model is a constant on top)"
             )
         rows = self.compare_uniform() if self.profile is not None else []
         if rows:

@@ -101,6 +101,13 @@ def search(
     cfg = SearchConfig(**{f.name: given[f.name] for f in fields(SearchConfig)})
     if not isinstance(profile, Profile):
         profile = load_profile(profile)
+    if cfg.latency and profile.latency is None:
+        where = f" ({profile.path})" if profile.path else ""
+        raise ValueError(
+            f"latency=True needs the profile's latency table, and this profile{where} has none: "
+            "measure one with `empas latency PROFILE --model MODEL -o OUT` (or "
+            "`empas profile --latency`, or empas.measure_latency(model, profile).into(profile))"
+        )
     with open_tracker(tracker, run_name="empas-search") as t:
         stage_config(t, "search", cfg, profile)
         res = _search(profile, cfg, initial, progress, search_progress(t))

@@ -13,6 +13,7 @@ __all__ = ["BASELINE_BITS", "LOSSES", "VerifyConfig"]
 
 BASELINE_BITS = (16, 8, 4, 3, 2)
 LOSSES = ("causal_lm", "embedding")
+_REQUIRED_INTS = ("batch_size", "speed_new_tokens", "speed_prompt_tokens", "speed_repeats")
 
 
 @dataclass(frozen=True)
@@ -32,15 +33,29 @@ class VerifyConfig:
     baselines: Sequence[int] = BASELINE_BITS
     budget_plan: bool = True
     memory: bool = False
+    speed: bool = False
+    speed_new_tokens: int = 32
+    speed_prompt_tokens: int = 16
+    speed_prefill_tokens: int | None = None
+    speed_repeats: int = 3
 
     def __post_init__(self) -> None:
         if self.loss is not None and self.loss not in LOSSES:
             raise ValueError(f"verify measures loss 'causal_lm' or 'embedding', got {self.loss!r}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        for name, lo in (("seq_len", 2), ("stride", 1), ("max_tokens", 2), ("batch_size", 1)):
+        for name, lo in (
+            ("seq_len", 2),
+            ("stride", 1),
+            ("max_tokens", 2),
+            ("batch_size", 1),
+            ("speed_new_tokens", 1),
+            ("speed_prompt_tokens", 1),
+            ("speed_prefill_tokens", 1),
+            ("speed_repeats", 1),
+        ):
             v = getattr(self, name)
-            if v is None and name != "batch_size":
+            if v is None and name not in _REQUIRED_INTS:
                 continue
             if isinstance(v, bool) or not isinstance(v, numbers.Integral):
                 raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
@@ -61,6 +76,7 @@ class VerifyConfig:
             object.__setattr__(self, "clip_search", bool(self.clip_search))
         object.__setattr__(self, "budget_plan", bool(self.budget_plan))
         object.__setattr__(self, "memory", bool(self.memory))
+        object.__setattr__(self, "speed", bool(self.speed))
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}

@@ -32,6 +32,9 @@ _COLUMNS = [
     "bytes",
     "rss_mb",
     "gpu_mb",
+    "pred_latency",
+    "decode_tok_s",
+    "prefill_tok_s",
 ]
 
 
@@ -193,6 +196,10 @@ class VerifyReport:
                 f"{f(r.get('delta'), '.4f'):>9}{f(r.get('error'), '+.4f'):>9}"
                 f"{r['bytes']:>13,}{f(r.get('pred_bytes'), ','):>13}"
             )
+        speed = self.extra.get("speed")
+        if speed is not None:
+            lines.append("")
+            lines.append(self.speed_table())
         m = self.meta
         lines.append(
             f"loss: {m['loss']} on {m['eval_tokens']:,} held-out tokens ({m['eval_source']}), "
@@ -201,6 +208,49 @@ class VerifyReport:
         return "\n".join(lines)
 
     __str__ = table
+
+    def speed_table(self) -> str:
+        """Decode and prefill speed per row (``verify(speed=True)``), predicted
+        latency and the rank correlations."""
+        sp = self.extra.get("speed")
+        if sp is None:
+            raise ValueError("the report has no speed measurements (verify with speed=True)")
+
+        def f(v, fmt):
+            return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+
+        head = (
+            f"{'plan':<22}{'decode tok/s':>13}{'ms/token':>10}{'prefill tok/s':>15}"
+            f"{'ms/token':>10}{'pred latency':>14}"
+        )
+        lines = [head, "-" * len(head)]
+        for r in self.rows:
+            if r.get("decode_tok_s") is None:
+                continue
+            lines.append(
+                f"{r['name'][:21]:<22}{f(r.get('decode_tok_s'), '.1f'):>13}"
+                f"{f(r.get('decode_ms_per_token'), '.3f'):>10}"
+                f"{f(r.get('prefill_tok_s'), '.1f'):>15}"
+                f"{f(r.get('prefill_ms_per_token'), '.4f'):>10}"
+                f"{f(r.get('pred_latency'), '.4f'):>14}"
+            )
+        lines.append(
+            f"speed: packed, batch 1; decode {sp['new_tokens']} greedy tokens after a "
+            f"{sp['prompt_tokens']}-token prompt, prefill {sp['prefill_tokens']} tokens; median "
+            f"of {sp['repeats']} interleaved rounds; {sp.get('torch_threads')} torch threads"
+        )
+        if sp.get("n_compared", 0) >= 3:
+            lines.append(
+                f"predicted latency (sum of the profile's per-unit cells) vs measured, Spearman "
+                f"over {sp['n_compared']} plans: decode {f(sp.get('spearman_decode'), '.3f')}, "
+                f"prefill {f(sp.get('spearman_prefill'), '.3f')}"
+            )
+        else:
+            lines.append(
+                "no rank correlation: fewer than 3 plans with a predicted latency (a profile "
+                "with a latency table: empas latency)"
+            )
+        return "\n".join(lines)
 
     def __repr__(self) -> str:
         return f"VerifyReport({len(self.rows)} rows, loss={self.meta['loss']})"

@@ -71,6 +71,11 @@ def verify(
     mode: str = "packed",
     clip_search: bool | None = None,
     memory: bool = False,
+    speed: bool = False,
+    speed_new_tokens: int = 32,
+    speed_prompt_tokens: int = 16,
+    speed_prefill_tokens: int | None = None,
+    speed_repeats: int = 3,
     device: str | None = None,
     config: VerifyConfig | None = None,
     progress: bool = True,
@@ -86,7 +91,15 @@ def verify(
     "packed" (real packed weights; measured bytes are real) or "fake".
     ``memory=True`` also writes each plan as a packed checkpoint in a temporary
     directory and loads it in a fresh process, reporting the resident memory
-    (and GPU memory on CUDA) it takes. Each plan's ``measured`` field is filled
+    (and GPU memory on CUDA) it takes. ``speed=True`` also times each plan end
+    to end in packed mode, and the original model (:mod:`empas.verify.speed`):
+    decode tokens/s (batch 1, ``speed_new_tokens`` greedy steps after a prompt of
+    ``speed_prompt_tokens``) and prefill tokens/s (one forward of
+    ``speed_prefill_tokens``, default min(128, context)), medians of
+    ``speed_repeats`` interleaved rounds; with a profile that has a latency table,
+    each plan's predicted latency (Σ per-unit cells) and the Spearman rank
+    correlation of predicted with measured time per token (the report's
+    ``speed`` section). Each plan's ``measured`` field is filled
     in. ``config``: the settings as one :class:`~empas.VerifyConfig` instead of
     keywords. ``tracker``: "wandb", "mlflow" (a new run, finished on return) or a
     tracker object (see :mod:`empas.track`): the settings, each plan's measurements,
@@ -103,6 +116,18 @@ def _verify(model, plans, eval_text, profile, tokenizer, cfg, progress, t) -> Ve
     if eval_text is None:
         raise ValueError("eval_text is required: held-out text to measure on")
     v = Verifier(model, eval_text, cfg, profile, tokenizer)
+    if cfg.speed:  # before the first plan: lengths that cannot run are refused at once
+        from .speed import check_speed
+
+        if v.data.kind != "causal_lm":
+            raise ValueError("speed measures generation: it needs a causal language model")
+        check_speed(
+            v.model,
+            v.data.stream,
+            cfg.speed_new_tokens,
+            cfg.speed_prompt_tokens,
+            _prefill_tokens(v.model, cfg),
+        )
     stage_config(t, "verify", cfg, v.profile, model=v.model_name)
     named = named_plans(plans)
     template = v.profile if v.profile is not None else (named[0][1] if named else None)
@@ -142,4 +167,60 @@ def _verify(model, plans, eval_text, profile, tokenizer, cfg, progress, t) -> Ve
         bar.close()
     if cfg.memory:
         probe_all(v, rows, plans_out)
-    return VerifyReport(rows, v.meta(), plans_out)
+    extra = {}
+    if cfg.speed:
+        extra["speed"] = _speed(v, rows, plans_out, cfg)
+    return VerifyReport(rows, v.meta(), plans_out, extra)
+
+
+def _prefill_tokens(model, cfg: VerifyConfig) -> int:
+    from ..models.loading import context_length
+
+    ctx = context_length(model)
+    return cfg.speed_prefill_tokens or (min(128, ctx) if ctx else 128)
+
+
+def _speed(v, rows, plans_out: dict[str, Plan], cfg: VerifyConfig) -> dict:
+    """Times every row end to end (packed) and adds the speed columns; returns the
+    report's ``speed`` section."""
+    from .speed import measure_speed, speed_summary
+
+    prefill = _prefill_tokens(v.model, cfg)
+    todo = [("original", None)] + [(r["name"], plans_out[r["name"]]) for r in rows[1:]]
+    sp = measure_speed(
+        v.model,
+        v.data.stream,
+        todo,
+        clip_search=v.clip_search,
+        new_tokens=cfg.speed_new_tokens,
+        prompt_tokens=cfg.speed_prompt_tokens,
+        prefill_tokens=prefill,
+        repeats=cfg.speed_repeats,
+    )
+    lat = v.profile.latency if v.profile is not None else None
+    for r in rows:
+        r.update(sp[r["name"]])
+        r["pred_latency"] = None
+        p = plans_out.get(r["name"])
+        if lat is not None and p is not None:
+            try:
+                r["pred_latency"] = v.profile.evaluate(p)["latency"]
+            except (ValueError, RuntimeError):  # a plan of other units or choices
+                r["pred_latency"] = None
+    src = (v.profile.meta.get("source") or {}).get("latency") if v.profile is not None else None
+    settings = {
+        "mode": "packed",
+        "batch": 1,
+        "new_tokens": cfg.speed_new_tokens,
+        "prompt_tokens": cfg.speed_prompt_tokens,
+        "prefill_tokens": prefill,
+        "repeats": cfg.speed_repeats,
+        "statistic": "median over rounds; each round visits every plan once, seeded order",
+        "latency_table": None
+        if src is None
+        else {k: src.get(k) for k in ("device", "batch", "tokens", "repeats", "torch_threads")},
+    }
+    import torch
+
+    settings["torch_threads"] = int(torch.get_num_threads())
+    return speed_summary(rows, settings)
