@@ -148,12 +148,13 @@ class LazyWeights:
         from safetensors import safe_open
 
         ps = {id(p): p for p in params}
-        by_key = {self.key[pid]: p for pid, p in ps.items()}
-        for fp, keys in self._by_file(by_key).items():
-            with safe_open(str(fp), framework="pt", device=str(self.device)) as f:
-                for k in keys:
-                    p = by_key[k]
-                    yield p, f.get_tensor(k).to(p.dtype)
+        for p in ps.values():
+            k = self.key[id(p)]
+            # one file handle per tensor: the file's pages (mapped while it is open, and
+            # counted in the resident memory) are released before the next tensor is read
+            with safe_open(str(self.files[k]), framework="pt", device=str(self.device)) as f:
+                t = f.get_tensor(k)
+            yield p, t.to(p.dtype)
 
     @contextlib.contextmanager
     def hold(self, params: Iterable[Any]):

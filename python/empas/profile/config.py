@@ -106,11 +106,6 @@ class ProfileConfig:
                 "stream=True runs every experiment from its own block's cached input; "
                 "cache=False (every experiment from the embedding) does not apply to it"
             )
-        if self.stream and (self.target_stderr is not None or self.token_budget is not None):
-            raise ValueError(
-                "adaptive measurement (target_stderr / token_budget) is not streamed yet: "
-                "profile with stream=True without it, or without stream"
-            )
         if self.stream and self.estimate:
             raise ValueError(
                 f"estimate={list(self.estimate)}: the Fisher estimate needs a backward pass "

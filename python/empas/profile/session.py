@@ -626,23 +626,43 @@ class Session:
                 break
             rounds += 1
             used.extend(list(w))
-            runner = Runner(
-                self.model,
-                self.blocks,
-                batches(w, cfg.batch_size, self.device),
-                self.loss if callable(self.loss) else self.loss_name,
-                cfg.cache,
-                torch.device(cfg.cache_device) if cfg.cache_device else self.device,
-            )
+            loss = self.loss if callable(self.loss) else self.loss_name
+            state_device = torch.device(cfg.cache_device) if cfg.cache_device else self.device
+            wb = batches(w, cfg.batch_size, self.device)
+            if cfg.stream:
+                weights = self.weights if self.weights is not None else ResidentWeights(self.model)
+                runner = StreamRunner(self.model, self.blocks, wb, loss, weights, state_device)
+            else:
+                runner = Runner(self.model, self.blocks, wb, loss, cfg.cache, state_device)
             bar = progress_bar(
                 len(todo), f"empas profile: refine {rounds}", "exp", enabled=progress
             )
             try:
                 bk = f"baseline#r{rounds}"
-                base = runner.baseline()
-                if bk in ck.done and not np.allclose(ck.done[bk], base, rtol=1e-5, atol=1e-6):
-                    raise FormatError("checkpoint: the refinement baseline differs; delete it")
-                ck.done[bk] = base.tolist()
+
+                def check(base, bk=bk):
+                    if bk in ck.done and not np.allclose(ck.done[bk], base, rtol=1e-5, atol=1e-6):
+                        raise FormatError("checkpoint: the refinement baseline differs; delete it")
+                    ck.done[bk] = base.tolist()
+
+                if cfg.stream:  # one sweep for the round's cells not in the checkpoint yet
+                    exps = []
+                    for u, c in todo:
+                        e = self._stream_experiment(self.specs[u], self.choices[c])
+                        e.key = f"{e.key}#r{rounds}"
+                        if e.key not in ck.done:
+                            exps.append(e)
+
+                    def save(e, losses):
+                        if not np.all(np.isfinite(losses)):
+                            raise ProfileError(f"the loss is NaN or infinite in cell {e.key!r}")
+                        ck.done[e.key] = losses.tolist()
+                        ck.save()
+
+                    base = runner.sweep(exps, check, save)
+                else:
+                    base = runner.baseline()
+                    check(base)
                 for u, c in todo:
                     spec, bits = self.specs[u], self.choices[c]
                     k = _ekey(spec, bits)
