@@ -16,6 +16,15 @@ identical tables, and ``empas.profile_cost``'s projected time against the measur
 one. Writes ``results/profile_ranks.json``.
 
     PYTHONPATH=python .venv/bin/python benchmarks/bench_profile.py --ranks [--repeats 3]
+
+``--streaming``: instead, streamed (``stream=True``: weights read block by block
+from the model's .safetensors files, one sweep for all experiments) against
+resident profiling of ``--stream-model`` (default example:smollm2), each run in a
+fresh subprocess: wall time, growth of the peak resident memory (VmHWM) during
+the profile call, the streamed run's peak bytes of weights and hidden states, and
+whether the tables are identical. Writes results/profile_streaming.json.
+
+    PYTHONPATH=python .venv/bin/python benchmarks/bench_profile.py --streaming
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -236,6 +246,147 @@ def ranks_main(a) -> int:
 DEFAULT_JSON = Path(__file__).parent / "results" / "profile.json"
 
 
+# One profile in a fresh process: prints {"seconds", "hwm_growth", "delta", ...} as JSON.
+STREAM_CHILD = textwrap.dedent(
+    """
+    import json, sys, time, torch, empas
+
+    def status(key):
+        for line in open("/proc/self/status"):
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError(key)
+
+    path, calib, stream = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+    kw = json.loads(sys.argv[4])
+    # warm-up: imports and first calls, on 8 tokens, streamed (reads one block at a time)
+    empas.profile(path, calib, stream=True, choices=(4,), n_tokens=8, seq_len=8, progress=False)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # VmHWM := the resident memory now
+    before = status("VmHWM")
+    t = time.perf_counter()
+    p = empas.profile(path, calib, stream=stream, progress=False, **kw)
+    seconds = time.perf_counter() - t
+    print(json.dumps({
+        "seconds": seconds, "hwm_before": before, "hwm_growth": status("VmHWM") - before,
+        "delta": p.delta.tolist(), "baseline": p.baseline, "timings": p.meta["timings"],
+        "stream": p.meta["source"].get("stream"), "params": p.meta["model"]["params"],
+        "source": p.meta["model"].get("source"),
+    }))
+    """
+)
+
+
+def streaming(a) -> int:
+    """Streamed vs resident profile of one model, each in its own process."""
+    from empas.models import default_text, resolve
+
+    path = resolve(a.stream_model)
+    calib = default_text(a.stream_model, "calib") or corpus("train")
+    if not isinstance(calib, str):
+        tmp = Path(a.stream_json).with_suffix(".calib.txt")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text("\n\n".join(calib))
+        calib = str(tmp)
+    kw = dict(units="block", choices=(4,), n_tokens=a.n_tokens, seq_len=a.seq_len)
+    kw["batch_size"] = a.batch_size
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}  # freed tensors leave the RSS
+    env["PYTHONPATH"] = str(Path(empas.__file__).parent.parent)
+    runs = {"resident": [], "stream": []}
+    for _ in range(a.repeats):
+        for mode in ("stream", "resident"):  # interleaved: both see the same machine state
+            r = subprocess.run(
+                [sys.executable, "-c", STREAM_CHILD, str(path), calib, str(int(mode == "stream"))]
+                + [json.dumps(kw)],
+                capture_output=True,
+                text=True,
+                env=env,
+            )
+            if r.returncode != 0:
+                print(r.stderr[-3000:], file=sys.stderr)
+                return 1
+            runs[mode].append(json.loads(r.stdout.strip().splitlines()[-1]))
+    res, st = runs["resident"], runs["stream"]
+    same = all(np.array_equal(x["delta"], y["delta"]) for x in res for y in st)
+    max_diff = max(
+        float(np.max(np.abs(np.asarray(x["delta"]) - np.asarray(y["delta"]))))
+        for x in res
+        for y in st
+    )
+    info = st[0]["stream"]
+    n_exp = st[0]["timings"]["experiments"]
+    load = os.getloadavg()
+
+    def med(rs, key):
+        return statistics.median(r[key] for r in rs)
+
+    result = {
+        "machine": {
+            "cpu": cpu_model(),
+            "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "load_average_1_5_15": [round(x, 2) for x in load],
+            "platform": platform.platform(),
+            "python": sys.version.split()[0],
+            "torch": torch.__version__,
+            "device": "cpu",
+        },
+        "model": {
+            "name": a.stream_model,
+            "path": str(path),
+            "params": st[0]["params"],
+            "weights_from": st[0]["source"],
+        },
+        "settings": kw,
+        "experiments": n_exp,
+        "repeats": a.repeats,
+        "resident": {
+            "seconds": med(res, "seconds"),
+            "peak_rss_growth_bytes": med(res, "hwm_growth"),
+        },
+        "stream": {
+            "seconds": med(st, "seconds"),
+            "peak_rss_growth_bytes": med(st, "hwm_growth"),
+            "weights_peak_bytes": info["weights_peak_bytes"],
+            "states_peak_bytes": info["states_peak_bytes"],
+            "sweeps": info["sweeps"],
+        },
+        "same_table": same,
+        "max_abs_diff": max_diff,
+        "note": "seconds: the empas.profile call, model loading included; peak_rss_growth: "
+        "VmHWM after the call minus the resident memory before it (after a warm-up); "
+        "weights_peak_bytes: parameters materialized at once by the streamed run",
+    }
+    mib = 2**20
+    print(
+        f"machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, torch "
+        f"{torch.__version__} ({torch.get_num_threads()} threads), load average "
+        f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}"
+    )
+    print(
+        f"model: {a.stream_model} ({st[0]['params'] / 1e6:.1f}M params"
+        + (", weights dequantized from a quantized GGUF file" if st[0]["source"] else "")
+        + f"); {n_exp} experiments (block units, 4 bits + fp16), {a.n_tokens} tokens "
+        f"(seq_len {a.seq_len}); median of {a.repeats}"
+    )
+    print(f"{'':<10}{'profile s':>12}{'peak RSS growth MiB':>22}{'weights peak MiB':>18}")
+    r, s = result["resident"], result["stream"]
+    print(f"{'resident':<10}{r['seconds']:>12.2f}{r['peak_rss_growth_bytes'] / mib:>22.1f}{'':>18}")
+    print(
+        f"{'stream':<10}{s['seconds']:>12.2f}{s['peak_rss_growth_bytes'] / mib:>22.1f}"
+        f"{s['weights_peak_bytes'] / mib:>18.1f}"
+    )
+    print(
+        f"hidden states in flight (streamed): {s['states_peak_bytes'] / mib:.1f} MiB; "
+        f"identical tables: {same} (max |diff| {max_diff:.1e})"
+    )
+    out = Path(a.stream_json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"JSON: {out}")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke test: fewer tokens, 1 repeat")
@@ -246,6 +397,16 @@ def main() -> int:
     ap.add_argument("--json", default=str(DEFAULT_JSON), help="(--ranks: profile_ranks.json)")
     ap.add_argument("--ranks", action="store_true", help="1 process vs 2 torchrun ranks")
     ap.add_argument("--ranks-model", default="example:smollm2", help="--ranks: the model")
+    ap.add_argument(
+        "--streaming",
+        action="store_true",
+        help="only the streamed-vs-resident section (peak memory, time, identical tables)",
+    )
+    ap.add_argument("--stream-model", default="example:smollm2", help="--streaming: the model")
+    ap.add_argument(
+        "--stream-json",
+        default=str(Path(__file__).parent / "results" / "profile_streaming.json"),
+    )
     a = ap.parse_args()
     if a.ranks:
         a.repeats = a.repeats or 1
@@ -255,6 +416,10 @@ def main() -> int:
     a.repeats = a.repeats or 3
     a.n_tokens = a.n_tokens or 4096
     a.seq_len = a.seq_len or 128
+    if a.streaming:
+        if a.quick:
+            a.repeats, a.n_tokens = 1, 256
+        return streaming(a)
     if a.quick:
         a.repeats, a.n_tokens = 1, 1024
     choices = (2, 4, 8)

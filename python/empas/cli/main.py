@@ -400,6 +400,24 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     r.add_argument("--head", action="store_true", help="the LM head as a unit")
     r.add_argument("--no-cache", action="store_true", help="run every experiment from scratch")
     r.add_argument(
+        "--stream",
+        action="store_true",
+        help="models larger than the device: one sweep over the blocks runs every experiment, "
+        "each block read once from MODEL's .safetensors files (peak memory: one block + the "
+        "hidden states in flight); the table equals the resident run's",
+    )
+    r.add_argument(
+        "--stream-chunk",
+        type=int,
+        help="--stream: at most this many experiments per sweep (fewer states in flight; "
+        "each sweep reads the weights once)",
+    )
+    r.add_argument(
+        "--cache-device",
+        help="where the cached block inputs (--stream: the hidden states in flight) are kept, "
+        "e.g. cpu (default: the model's device)",
+    )
+    r.add_argument(
         "--target-stderr",
         type=float,
         help="adaptive: measure undecided cells (3- vs 4-bit order within the noise) on more "
@@ -817,6 +835,11 @@ def _profile_run(a: argparse.Namespace, device: str | None) -> int:
         bits = [int(b) for b in a.bits.split(",")]
     except ValueError:
         raise ValueError(f"--bits expects comma-separated integers, got {a.bits!r}") from None
+    if a.estimate and a.stream:
+        raise ValueError(
+            "--estimate (the Fisher estimate) needs a backward pass through the resident "
+            "model; it is not streamed: drop --estimate or --stream"
+        )
     model = _model_arg(a.model)
     calib = a.calib if a.calib is not None else empas.models.default_text(a.model, "calib")
     if calib is None:
@@ -839,8 +862,11 @@ def _profile_run(a: argparse.Namespace, device: str | None) -> int:
         embeddings=a.embeddings,
         head=a.head,
         cache=not a.no_cache,
+        cache_device=a.cache_device,
         target_stderr=a.target_stderr,
         token_budget=a.token_budget,
+        stream=a.stream,
+        stream_chunk=a.stream_chunk,
     )
     try:
         prof = empas.profile(
@@ -878,6 +904,19 @@ def _profile_run(a: argparse.Namespace, device: str | None) -> int:
         f"baseline loss {prof.baseline:.4f}; {t['experiments']} experiments in "
         f"{t['experiments_s']:.1f} s (+{t['baseline_s']:.1f} s baseline and cache)"
     )
+    st = prof.meta.get("source", {}).get("stream")
+    if st:
+        print(
+            f"streamed ({st['weights']} weights): {st['sweeps']} sweep(s); peak "
+            f"{st['weights_peak_bytes'] / 2**20:.1f} MiB of weights + "
+            f"{st['states_peak_bytes'] / 2**20:.1f} MiB of hidden states in flight "
+            f"(on {st['state_device']})"
+            + (
+                f"; device peak {st['device_peak_bytes'] / 2**20:.1f} MiB"
+                if st.get("device_peak_bytes") is not None
+                else ""
+            )
+        )
     dist_info = prof.meta.get("source", {}).get("distributed")
     if dist_info:
         for r in dist_info["ranks"]:

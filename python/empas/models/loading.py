@@ -15,6 +15,7 @@ __all__ = [
     "context_length",
     "fingerprint",
     "load_model",
+    "load_model_lazy",
     "model_device",
     "model_source",
     "require_torch",
@@ -52,26 +53,7 @@ def load_model(model_or_path, device=None, tokenizer=None, gguf_file=None):
     import torch
 
     if isinstance(model_or_path, (str, os.PathLike)):
-        path = Path(model_or_path)
-        if gguf_file is not None or is_gguf(path):
-            src = gguf_file_path(path, gguf_file)
-            path, name = gguf_to_hf(src, verbose=True), str(src)
-        else:
-            name = str(path)
-        if not path.exists():
-            raise FileNotFoundError(
-                f"model path {str(path)!r} does not exist (EMPAS loads models from local "
-                "directories and .gguf files; no model hub is contacted)"
-            )
-        if not (path / "config.json").is_file():
-            ggufs = sorted(p.name for p in path.glob("*.gguf")) if path.is_dir() else []
-            hint = (
-                f"; it holds GGUF files ({', '.join(ggufs)}): pass one as the model path or "
-                "as gguf_file= (--gguf-file)"
-                if ggufs
-                else ""
-            )
-            raise ProfileError(f"{str(path)!r} holds no HuggingFace model (no config.json){hint}")
+        path, name = _local_model(model_or_path, gguf_file)
         from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
         cfg = AutoConfig.from_pretrained(path)
@@ -123,6 +105,60 @@ def load_model(model_or_path, device=None, tokenizer=None, gguf_file=None):
     return model, tokenizer, owned, str(name)
 
 
+def _local_model(model_or_path, gguf_file=None) -> tuple[Path, str]:
+    """(the HuggingFace directory, the model's name) of a path; a ``.gguf`` file is
+    converted (cached) first. FileNotFoundError / ProfileError when it holds none."""
+    path = Path(model_or_path)
+    if gguf_file is not None or is_gguf(path):
+        src = gguf_file_path(path, gguf_file)
+        path, name = gguf_to_hf(src, verbose=True), str(src)
+    else:
+        name = str(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"model path {str(path)!r} does not exist (EMPAS loads models from local "
+            "directories and .gguf files; no model hub is contacted)"
+        )
+    if not (path / "config.json").is_file():
+        ggufs = sorted(p.name for p in path.glob("*.gguf")) if path.is_dir() else []
+        hint = (
+            f"; it holds GGUF files ({', '.join(ggufs)}): pass one as the model path or "
+            "as gguf_file= (--gguf-file)"
+            if ggufs
+            else ""
+        )
+        raise ProfileError(f"{str(path)!r} holds no HuggingFace model (no config.json){hint}")
+    return path, name
+
+
+def load_model_lazy(model_path, device=None, tokenizer=None, gguf_file=None):
+    """``(model, tokenizer, name, weights)``: like :func:`load_model` for a path,
+    but no weight is read: the model's parameters are on ``meta`` and ``weights``
+    (a :class:`~empas.models.lazy.LazyWeights`) materializes them from the
+    directory's ``.safetensors`` files onto ``device`` when asked."""
+    import torch
+
+    from .lazy import load_lazy
+
+    if not isinstance(model_path, (str, os.PathLike)):
+        raise TypeError(f"lazy loading needs a model path, got {type(model_path).__name__}")
+    path, name = _local_model(model_path, gguf_file)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, weights = load_lazy(path, device)
+    if tokenizer is None:
+        try:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        except Exception:
+            tokenizer = None
+    info = gguf_info(path)
+    if info is not None:
+        setattr(model, _SOURCE_ATTR, source_record(info))
+    return model, tokenizer, name, weights
+
+
 def model_source(model) -> dict | None:
     """Where a model's weights came from, when not from a plain HuggingFace checkpoint:
     for one converted from a GGUF file, ``{"format": "gguf", "file", "sha256",
@@ -143,12 +179,18 @@ def fingerprint(model) -> str:
         h.update(cfg.to_json_string(use_diff=False).encode())
     with torch.no_grad():
         for name, p in model.state_dict().items():
-            h.update(f"{name}:{tuple(p.shape)}:{p.dtype}".encode())
-            flat = p.detach().reshape(-1)
-            if flat.numel():
-                step = max(1, flat.numel() // 4096)
-                h.update(flat[::step].float().cpu().numpy().tobytes())
+            fingerprint_update(h, name, p)
     return h.hexdigest()[:16]
+
+
+def fingerprint_update(h, name: str, p) -> None:
+    """Adds one named tensor to a :func:`fingerprint` hash: name, shape, dtype and
+    a strided sample of about 4096 values."""
+    h.update(f"{name}:{tuple(p.shape)}:{p.dtype}".encode())
+    flat = p.detach().reshape(-1)
+    if flat.numel():
+        step = max(1, flat.numel() // 4096)
+        h.update(flat[::step].float().cpu().numpy().tobytes())
 
 
 def context_length(model) -> int | None:

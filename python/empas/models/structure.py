@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import ProfileError
 
-__all__ = ["Member", "distinct", "find_blocks", "quantizable"]
+__all__ = ["Member", "distinct", "find_blocks", "quantizable", "tensor_key"]
 
 
 @dataclass
@@ -36,12 +36,18 @@ class Member:
         return [int(s) for s in self.view2d().shape]
 
 
+def tensor_key(t) -> int:
+    """What tells tensors apart for sharing: the data pointer (a tied embedding/head
+    shares it), or for a ``meta`` tensor (no data: every pointer is 0) its identity."""
+    return id(t) if t.is_meta else t.data_ptr()
+
+
 def distinct(members: list[Member]) -> list[Member]:
     """Members with distinct weight tensors (a tied embedding/head counts once)."""
     seen, out = set(), []
     for m in members:
-        if m.weight.data_ptr() not in seen:
-            seen.add(m.weight.data_ptr())
+        if tensor_key(m.weight) not in seen:
+            seen.add(tensor_key(m.weight))
             out.append(m)
     return out
 

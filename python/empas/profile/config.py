@@ -23,6 +23,7 @@ class ProfileConfig:
     ``estimate``: the choices whose cells are Fisher estimates instead of
     measurements (a subset of ``choices``, never 0), sorted. ``target_stderr`` /
     ``token_budget``: adaptive measurement (see :func:`empas.profile`).
+    ``stream`` / ``stream_chunk``: streamed profile (see :func:`empas.profile`).
     ``quant`` is the :class:`~empas.QuantConfig` of ``group_size``, ``symmetric``
     and ``clip_search``. Raises ValueError naming the bad setting."""
 
@@ -44,6 +45,8 @@ class ProfileConfig:
     estimate: Sequence[int] = ()
     target_stderr: float | None = None
     token_budget: int | None = None
+    stream: bool = False
+    stream_chunk: int | None = None
     quant: QuantConfig = field(init=False, repr=False, compare=False)  # from the three above
 
     def __post_init__(self) -> None:
@@ -89,8 +92,26 @@ class ProfileConfig:
         object.__setattr__(self, "group_size", self.quant.group_size)
         object.__setattr__(self, "symmetric", self.quant.symmetric)
         object.__setattr__(self, "clip_search", self.quant.clip_search)
-        for name in ("embeddings", "head", "cache"):
+        for name in ("embeddings", "head", "cache", "stream"):
             object.__setattr__(self, name, bool(getattr(self, name)))
+        if self.stream_chunk is not None:
+            v = self.stream_chunk
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+                raise ValueError(f"stream_chunk must be an integer >= 1, got {v!r}")
+            if not self.stream:
+                raise ValueError("stream_chunk applies to stream=True (a streamed profile)")
+            object.__setattr__(self, "stream_chunk", int(v))
+        if self.stream and not self.cache:
+            raise ValueError(
+                "stream=True runs every experiment from its own block's cached input; "
+                "cache=False (every experiment from the embedding) does not apply to it"
+            )
+        if self.stream and self.estimate:
+            raise ValueError(
+                f"estimate={list(self.estimate)}: the Fisher estimate needs a backward pass "
+                "through the whole resident model; measure every cell with stream=True, or "
+                "profile without stream"
+            )
 
     @property
     def loss_name(self) -> str:

@@ -46,6 +46,11 @@ def estimate_sensitivity(
     given = {**settings, "units": units}
     given["choices"] = [b for b in choices if b != 0]  # nothing to estimate for a drop
     cfg = settle(ProfileConfig, config, given)
+    if cfg.stream:
+        raise ValueError(
+            "estimate_sensitivity: the Fisher estimate needs a backward pass through the whole "
+            "resident model; it is not streamed (stream=True)"
+        )
     cfg = replace(cfg, choices=[b for b in cfg.choices if b != 0], loss="causal_lm", estimate=())
     s = Session(model_or_path, calibration, cfg, tokenizer)
     t0 = time.perf_counter()

@@ -19,6 +19,7 @@ from ..models.loading import (
     default_seq_len,
     fingerprint,
     load_model,
+    load_model_lazy,
     model_source,
     require_torch,
 )
@@ -35,6 +36,7 @@ from .distributed import Group, Monitor, _die_for_tests, cell_cost, current_grou
 from .fisher import fisher_deltas, fisher_diagonal
 from .oom import is_out_of_memory, memory_error
 from .runner import Runner
+from .streaming import ResidentWeights, StreamExperiment, StreamRunner
 from .table import Profile
 from .units import UnitSpec, build_units, unsearched_bytes
 
@@ -56,8 +58,18 @@ class Session:
         self.qs = config.quant
         self.seed = config.seed
         torch.manual_seed(self.seed)
-        self.model, tok, self.owned, self.name = load_model(model_or_path, config.device, tokenizer)
-        self.device = next(self.model.parameters()).device
+        self.weights = None  # LazyWeights: the weights stay in their files until needed
+        if config.stream and isinstance(model_or_path, (str, os.PathLike)):
+            self.model, tok, self.name, self.weights = load_model_lazy(
+                model_or_path, config.device, tokenizer
+            )
+            self.owned = True
+            self.device = self.weights.device
+        else:
+            self.model, tok, self.owned, self.name = load_model(
+                model_or_path, config.device, tokenizer
+            )
+            self.device = next(self.model.parameters()).device
         self.specs, self.prefix, self.blocks = build_units(
             self.model, config.units, config.embeddings, config.head
         )
@@ -85,7 +97,9 @@ class Session:
         self.model_meta = {
             "name": self.name,
             "class": type(self.model).__name__,
-            "fingerprint": fingerprint(self.model),
+            "fingerprint": (
+                self.weights.fingerprint() if self.weights is not None else fingerprint(self.model)
+            ),
             "dtype": str(next(self.model.parameters()).dtype).replace("torch.", ""),
             "params": int(sum(p.numel() for p in self.model.parameters())),
             "blocks": self.prefix,
@@ -231,14 +245,15 @@ class Session:
         cfg = self.config
         was_training = self.model.training
         self.model.eval()
-        runner = Runner(
-            self.model,
-            self.blocks,
-            self.batches,
-            self.loss if callable(self.loss) else self.loss_name,
-            cfg.cache,
-            torch.device(cfg.cache_device) if cfg.cache_device else self.device,
-        )
+        loss = self.loss if callable(self.loss) else self.loss_name
+        state_device = torch.device(cfg.cache_device) if cfg.cache_device else self.device
+        if cfg.stream:
+            weights = self.weights if self.weights is not None else ResidentWeights(self.model)
+            runner = StreamRunner(
+                self.model, self.blocks, self.batches, loss, weights, state_device
+            )
+        else:
+            runner = Runner(self.model, self.blocks, self.batches, loss, cfg.cache, state_device)
         if group is not None:
             self._check_group(group)
         ck = ProfileCheckpoint(_rank_path(checkpoint, group), self._key(), on_stale)
@@ -279,21 +294,19 @@ class Session:
         t0 = time.perf_counter()
         times = []
         try:
-            base = self._baseline(runner)
-            t_base = time.perf_counter() - t0
-            if not np.all(np.isfinite(base)):
-                raise ProfileError(
-                    f"the baseline loss is not finite ({base.mean()}) on the calibration"
-                )
-            if "baseline" in ck.done and not np.allclose(
-                ck.done["baseline"], base, rtol=1e-5, atol=1e-6
-            ):
-                raise FormatError(
-                    f"checkpoint {ck.path}: the baseline measured now differs from the one it "
-                    "holds (different weights, device or software?); delete it to start over"
-                )
-            ck.done["baseline"] = base.tolist()
-            for k, (u, c) in enumerate(todo):
+            if cfg.stream:  # the baseline runs in the same sweep as the experiments
+                t_base = 0.0
+                try:
+                    base = self._stream(runner, todo, ck, experiments, on_experiment, bar, times)
+                except (MemoryError, RuntimeError) as exc:
+                    if not is_out_of_memory(exc):
+                        raise
+                    raise memory_error(self, exc, "a streamed sweep over the blocks") from exc
+            else:
+                base = self._baseline(runner)
+                t_base = time.perf_counter() - t0
+                self._check_baseline(ck, base)
+            for k, (u, c) in enumerate([] if cfg.stream else todo):
                 spec, bits = self.specs[u], self.choices[c]
                 te = time.perf_counter()
                 losses = self._experiment(spec, bits, runner)
@@ -331,7 +344,7 @@ class Session:
                 len(experiments) - len(todo), checkpoint,
             )  # fmt: skip
             group.monitor.stop()  # every rank is past the last collective
-        if fingerprint(self.model) != self.model_meta["fingerprint"]:  # belt and braces
+        if self.weights is None and fingerprint(self.model) != self.model_meta["fingerprint"]:
             raise RuntimeError("EMPAS bug: the model's weights were not restored exactly")
         t_est = time.perf_counter()
         estimated = {}
@@ -384,6 +397,8 @@ class Session:
             "cache": bool(cfg.cache),
         }
         extra = {}
+        if cfg.stream:
+            extra["stream"] = self._stream_info
         if dist_info is not None:
             extra["distributed"] = dist_info
         if adaptive is not None:
@@ -396,6 +411,122 @@ class Session:
                 "cells": len(self.specs) * len(cfg.estimate),
             }
         return self.make_profile(float(base.mean()), delta, stderr, self.loss_name, timings, extra)
+
+    def _check_baseline(self, ck: ProfileCheckpoint, base: np.ndarray) -> None:
+        """Refuses a non-finite baseline, or one that differs from the checkpoint's."""
+        if not np.all(np.isfinite(base)):
+            raise ProfileError(
+                f"the baseline loss is not finite ({base.mean()}) on the calibration"
+            )
+        if "baseline" in ck.done and not np.allclose(
+            ck.done["baseline"], base, rtol=1e-5, atol=1e-6
+        ):
+            raise FormatError(
+                f"checkpoint {ck.path}: the baseline measured now differs from the one it "
+                "holds (different weights, device or software?); delete it to start over"
+            )
+        ck.done["baseline"] = base.tolist()
+
+    def _stream_experiment(self, spec: UnitSpec, bits: int) -> StreamExperiment:
+        """``spec`` at ``bits`` as a :class:`StreamExperiment`: its change split by
+        where its weights are (a block, or outside the blocks)."""
+        n, pre = len(self.blocks), self.prefix + "."
+        where: dict[Any, list] = {}
+        for m in spec.members:
+            i = int(m.name[len(pre) :].split(".", 1)[0]) if m.name.startswith(pre) else "outer"
+            where.setdefault(i, []).append(m)
+
+        def change(stage: int) -> Undo | None:
+            ms = where.get("outer" if stage < 0 or stage >= n else stage)
+            if not ms:
+                return None
+            undo = Undo()
+            quantize_members(ms, bits, self.qs, undo)
+            return undo
+
+        return StreamExperiment(
+            key=_ekey(spec, bits),
+            start=spec.start,
+            change=change,
+            stages=frozenset(k for k in where if k != "outer"),
+            outer="outer" in where,
+            drop=spec.block if bits == 0 else None,
+        )
+
+    def _stream(self, runner: StreamRunner, todo, ck, experiments, on_experiment, bar, times):
+        """Measures ``todo`` in sweeps of at most ``stream_chunk`` experiments (one
+        sweep reads every weight once); saves each cell to the checkpoint as it
+        finishes. Returns the baseline's per-sequence losses."""
+        import torch
+
+        cfg = self.config
+        size = cfg.stream_chunk or max(1, len(todo))
+        parts = [todo[i : i + size] for i in range(0, len(todo), size)] or [[]]
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(self.device)
+        done = len(experiments) - len(todo)
+        base = None
+        t_all = time.perf_counter()
+        cells: dict[str, tuple[UnitSpec, int]] = {}
+        results: list[tuple[UnitSpec, int, np.ndarray]] = []
+
+        def on_result(e, losses):
+            spec, bits = cells[e.key]
+            if not np.all(np.isfinite(losses)):
+                raise ProfileError(
+                    f"the loss is NaN or infinite with unit {spec.name!r} at {bits} bits"
+                )
+            ck.done[e.key] = losses.tolist()
+            ck.save()
+            results.append((spec, bits, losses))
+
+        def on_stage(what):
+            bar.set_postfix_str(what, refresh=True)
+
+        for part in parts:
+            exps = []
+            results.clear()
+            for u, c in part:
+                e = self._stream_experiment(self.specs[u], self.choices[c])
+                cells[e.key] = (self.specs[u], self.choices[c])
+                exps.append(e)
+            t = time.perf_counter()
+            base = runner.sweep(exps, lambda b: self._check_baseline(ck, b), on_result, on_stage)
+            dt = time.perf_counter() - t
+            for spec, bits, losses in results:  # a sweep's cells finish together
+                times.append(dt / len(results))
+                done += 1
+                if on_experiment is not None:
+                    on_experiment(
+                        {
+                            "done": done,
+                            "total": len(experiments),
+                            "unit": spec.name,
+                            "bits": bits,
+                            "delta": float(np.mean(losses) - np.mean(base)),
+                            "seconds": times[-1],
+                        }
+                    )
+                bar.update(1)
+        w = runner.weights
+        self._stream_info = {
+            "weights": "lazy-safetensors" if self.weights is not None else "resident",
+            "state_device": str(runner.cache_device),
+            "sweeps": len(parts),
+            "experiments_per_sweep": size,
+            "sweep_s": round(time.perf_counter() - t_all, 4),
+            "weights_peak_bytes": int(w.peak_bytes),
+            "states_peak_bytes": int(runner.states_peak_bytes),
+            "weight_loads": int(w.loads),
+            "device_peak_bytes": int(torch.cuda.max_memory_allocated(self.device))
+            if cuda
+            else None,
+            "note": "weights_peak_bytes: parameters materialized at once (lazy: the largest "
+            "block or the embeddings/norm/head; resident: the whole model); states_peak_bytes: "
+            "hidden states in flight; the baseline runs inside the sweep (baseline_s 0)",
+        }
+        return base
 
     def _check_group(self, group: Group) -> None:
         """Refuses, before any measurement, settings that differ across ranks
@@ -522,23 +653,43 @@ class Session:
                 break
             rounds += 1
             used.extend(list(w))
-            runner = Runner(
-                self.model,
-                self.blocks,
-                batches(w, cfg.batch_size, self.device),
-                self.loss if callable(self.loss) else self.loss_name,
-                cfg.cache,
-                torch.device(cfg.cache_device) if cfg.cache_device else self.device,
-            )
+            loss = self.loss if callable(self.loss) else self.loss_name
+            state_device = torch.device(cfg.cache_device) if cfg.cache_device else self.device
+            wb = batches(w, cfg.batch_size, self.device)
+            if cfg.stream:
+                weights = self.weights if self.weights is not None else ResidentWeights(self.model)
+                runner = StreamRunner(self.model, self.blocks, wb, loss, weights, state_device)
+            else:
+                runner = Runner(self.model, self.blocks, wb, loss, cfg.cache, state_device)
             bar = progress_bar(
                 len(todo), f"empas profile: refine {rounds}", "exp", enabled=progress
             )
             try:
                 bk = f"baseline#r{rounds}"
-                base = self._baseline(runner)
-                if bk in ck.done and not np.allclose(ck.done[bk], base, rtol=1e-5, atol=1e-6):
-                    raise FormatError("checkpoint: the refinement baseline differs; delete it")
-                ck.done[bk] = base.tolist()
+
+                def check(base, bk=bk):
+                    if bk in ck.done and not np.allclose(ck.done[bk], base, rtol=1e-5, atol=1e-6):
+                        raise FormatError("checkpoint: the refinement baseline differs; delete it")
+                    ck.done[bk] = base.tolist()
+
+                if cfg.stream:  # one sweep for the round's cells not in the checkpoint yet
+                    exps = []
+                    for u, c in todo:
+                        e = self._stream_experiment(self.specs[u], self.choices[c])
+                        e.key = f"{e.key}#r{rounds}"
+                        if e.key not in ck.done:
+                            exps.append(e)
+
+                    def save(e, losses):
+                        if not np.all(np.isfinite(losses)):
+                            raise ProfileError(f"the loss is NaN or infinite in cell {e.key!r}")
+                        ck.done[e.key] = losses.tolist()
+                        ck.save()
+
+                    base = runner.sweep(exps, check, save)
+                else:
+                    base = self._baseline(runner)
+                    check(base)
                 for u, c in todo:
                     spec, bits = self.specs[u], self.choices[c]
                     k = _ekey(spec, bits)
@@ -600,6 +751,8 @@ def profile(
     estimate: Sequence[int] = (),
     target_stderr: float | None = None,
     token_budget: int | None = None,
+    stream: bool = False,
+    stream_chunk: int | None = None,
     on_stale: str = "error",
     progress: bool = True,
     tracker: TrackerSpec = None,
@@ -631,7 +784,15 @@ def profile(
     stderr is above ``target_stderr``) are measured again on calibration windows not
     used so far, round after round, until none is left or a cell would pass
     ``token_budget`` tokens (default 8x ``n_tokens``); ``source.adaptive.tokens``
-    records the tokens each cell used. ``config``: all these settings as one
+    records the tokens each cell used. ``stream``: one sweep over the blocks runs
+    every experiment (each block is read once per profile, not once per experiment;
+    see :mod:`empas.profile.streaming`); with a model path, the weights are read
+    block by block from its ``.safetensors`` files (the model need not fit the
+    device, nor the host memory): peak memory is one block (or the embeddings/head)
+    plus the hidden states in flight (on ``cache_device``); ``stream_chunk``: at most
+    this many experiments per sweep (bounds the states in flight; each sweep reads
+    the weights once more). The table equals the resident run's; the profile's
+    ``source.stream`` records the peak bytes. ``config``: all these settings as one
     :class:`~empas.ProfileConfig` instead of keywords. ``tracker``: "wandb",
     "mlflow" (a new run, finished on return) or a tracker object (see
     :mod:`empas.track`): the settings, the model's fingerprint, each experiment as

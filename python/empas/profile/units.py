@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..errors import ProfileError
-from ..models.structure import Member, distinct, find_blocks, quantizable
+from ..models.structure import Member, distinct, find_blocks, quantizable, tensor_key
 from .config import UNIT_MODES
 
 __all__ = ["UnitSpec", "build_units", "unsearched_bytes"]
@@ -139,11 +139,11 @@ def unsearched_bytes(model, specs) -> int:
     """Bytes of what a checkpoint stores besides the searched weights: distinct
     parameters and persistent buffers (the state dict) at their stored dtype.
     Non-persistent buffers (e.g. rotary inv_freq) are recomputed, not stored."""
-    searched = {m.weight.data_ptr() for s in specs for m in s.members}
+    searched = {tensor_key(m.weight) for s in specs for m in s.members}
     seen, n = set(), 0
     for p in model.state_dict(keep_vars=True).values():
-        if p.data_ptr() in seen or p.data_ptr() in searched:
+        if tensor_key(p) in seen or tensor_key(p) in searched:
             continue
-        seen.add(p.data_ptr())
+        seen.add(tensor_key(p))
         n += p.numel() * p.element_size()
     return int(n)
