@@ -2,7 +2,8 @@
 # Sets up everything and runs all the tests: formatting and lint, the C++
 # GoogleTest suites (Release, then AddressSanitizer + UndefinedBehaviorSanitizer),
 # the libFuzzer targets for a few seconds each (EMPAS_FUZZ_SECONDS=600 for longer
-# runs; scripts/fuzz.sh alone for more options), and pytest. Extra arguments go
+# runs; scripts/fuzz.sh alone for more options), scripts/gpu_check.sh (its
+# CPU-only checks where there is no GPU), and pytest. Extra arguments go
 # to pytest (e.g. --run-slow, --run-gpu, -k NAME).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,6 +31,9 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:ha
 
 echo "== C++ fuzzers (libFuzzer + ASan + UBSan, ${EMPAS_FUZZ_SECONDS:-10} s each; skipped without clang)"
 bash scripts/fuzz.sh --seconds "${EMPAS_FUZZ_SECONDS:-10}"
+
+echo "== scripts/gpu_check.sh (without a GPU: its CPU-only checks, and it says the GPU figures are pending)"
+OUT=out/gpu_check EMPAS_GPU_CHECK_BUDGET=${EMPAS_GPU_CHECK_BUDGET:-900} bash scripts/gpu_check.sh
 
 echo "== Python tests"
 set +e
