@@ -288,7 +288,7 @@ def test_budget_below_smallest_reachable(tinyllama):
         ({"method": "exact", "latency": True}, "latency"),
         ({"method": "exact", "max_avg_bits": 4}, "max_avg_bits"),
         ({"method": "exact", "resolution": 0}, "resolution"),
-        ({"latency": True}, "no latency table"),
+        ({"latency": True}, "needs the profile.s latency table"),
     ],
 )
 def test_bad_search_arguments(tinyllama, kwargs, match):

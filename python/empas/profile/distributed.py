@@ -360,7 +360,7 @@ class Monitor:
         )
 
 
-def _die_for_tests(rank: int, done: int) -> None:
+def die_for_tests(rank: int, done: int) -> None:
     """Internal, for the tests only: ``EMPAS_TEST_DIE_AFTER_CELLS=N`` (any rank) or
     ``N@R`` (rank R) makes the process exit abruptly (no cleanup, like a kill)
     once it has measured and saved N cells."""

@@ -11,9 +11,8 @@ unit u** (its member modules) once on an input ``[batch, tokens, in_features]``
 when the unit is stored at ``choices[c]``:
 
 * 2..8 bits: the ``empas.nn.PackedLinear`` that ``empas.apply(mode="packed")``
-  builds (the same code path: :func:`empas.quant.apply._pack`), whatever its
-  forward does at the time of measuring (dequantize + matmul today, the fused
-  kernels once they land);
+  builds (the same code path: :func:`empas.quant.apply.pack_member`), whose
+  forward is the fused packed matmul ``torch.ops.empas.packed_linear``;
 * 16: the ``empas.nn.HalfLinear`` (fp16 storage, cast to the input's dtype);
 * 0 (drop): 0 ms, not timed (the ``DroppedBlock`` returns its input);
 * an embedding member: 0 ms at every choice (a lookup, whose cost does not depend
@@ -279,11 +278,11 @@ def _resolve(model, units):
 def _variant(model, member, bits: int, qs, device):
     """The module ``apply(mode="packed")`` would put at ``member`` for ``bits``,
     built by the same function, then the model is put back."""
-    from ..quant.apply import Undo, _pack
+    from ..quant.apply import Undo, pack_member
 
     undo = Undo(save_weights=False)
     try:
-        _pack(model, member, bits, qs, undo)
+        pack_member(model, member, bits, qs, undo)
         new = model.get_submodule(member.name)
     finally:
         undo.restore()

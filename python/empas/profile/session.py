@@ -32,7 +32,7 @@ from ..util.settings import settle
 from .calibration import batches, calibration_tokens, extra_windows
 from .checkpoint import ProfileCheckpoint
 from .config import ProfileConfig
-from .distributed import Group, Monitor, _die_for_tests, cell_cost, current_group, share
+from .distributed import Group, Monitor, cell_cost, current_group, die_for_tests, share
 from .fisher import fisher_deltas, fisher_diagonal
 from .oom import is_out_of_memory, memory_error
 from .runner import Runner
@@ -315,7 +315,7 @@ class Session:
                 times.append(time.perf_counter() - te)
                 if group is not None:  # another rank dead or failed: stop here, say which
                     group.monitor.progress(len(experiments) - len(todo) + k + 1)
-                    _die_for_tests(group.rank, k + 1)
+                    die_for_tests(group.rank, k + 1)
                     group.monitor.check()
                 if on_experiment is not None:
                     on_experiment(

@@ -321,14 +321,17 @@ def _apply(
                     quantize_members(t.members, t.bits, qs, undo)
                 else:
                     for m in distinct(t.members):
-                        _pack(model, m, t.bits, qs, undo)
+                        pack_member(model, m, t.bits, qs, undo)
     except BaseException:
         if undo is not None:
             undo.restore()
         raise
 
 
-def _pack(model, m, bits: int, qs: QuantConfig, undo: Undo | None) -> None:
+def pack_member(model, m, bits: int, qs: QuantConfig, undo: Undo | None) -> None:
+    """Replaces member ``m`` of ``model`` by the module a plan puts there at ``bits``
+    (``PackedLinear`` for 2..8, ``HalfLinear`` for 16), recording the change in
+    ``undo``. Also what :func:`empas.measure_latency` times."""
     import torch
 
     from .nn import HalfLinear, PackedLinear
