@@ -5,7 +5,6 @@ option (exit 2 from the CLI), or a correct result."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,17 +16,12 @@ import empas
 from empas._native import core
 from empas.errors import FormatError
 
+from .subproc_util import child_env
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    # the empas this test imports (installed, or a source tree with its .so): a fresh
-    # clone's python/ has no built extension
-    env["PYTHONPATH"] = (
-        str(Path(empas.__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
-    )
-    return env
+_env = child_env
 
 
 def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -5,7 +5,6 @@ with the same command, and compared with an uninterrupted run: identical."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -16,17 +15,12 @@ import pytest
 
 import empas
 
+from .subproc_util import child_env
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    # the empas this test imports (installed, or a source tree with its .so): a fresh
-    # clone's python/ has no built extension
-    env["PYTHONPATH"] = (
-        str(Path(empas.__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
-    )
-    return env
+_env = child_env
 
 
 def _run(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
