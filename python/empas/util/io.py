@@ -27,23 +27,8 @@ __all__ = [
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Writes ``text`` (UTF-8) to ``path`` atomically; creates parent directories."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    fsync_dir(path.parent)
-    return path
+    data = text.encode("utf-8")
+    return atomic_write_bytes(path, lambda f: f.write(data))
 
 
 def atomic_write_bytes(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
