@@ -66,14 +66,7 @@ def load_model(model_or_path, device=None, tokenizer=None, gguf_file=None):
                 model = AutoModel.from_pretrained(path, dtype="auto")
         else:  # an encoder (e.g. all-MiniLM: BertModel): no LM head to invent
             model = AutoModel.from_pretrained(path, dtype="auto")
-        if tokenizer is None:
-            try:
-                tokenizer = AutoTokenizer.from_pretrained(path)
-            except Exception:
-                tokenizer = None
-        info = gguf_info(path)
-        if info is not None:
-            setattr(model, _SOURCE_ATTR, source_record(info))
+        tokenizer = _finish_local(model, path, tokenizer)
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         model.to(device)
@@ -146,16 +139,7 @@ def load_model_lazy(model_path, device=None, tokenizer=None, gguf_file=None):
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model, weights = load_lazy(path, device)
-    if tokenizer is None:
-        try:
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(path)
-        except Exception:
-            tokenizer = None
-    info = gguf_info(path)
-    if info is not None:
-        setattr(model, _SOURCE_ATTR, source_record(info))
+    tokenizer = _finish_local(model, path, tokenizer)
     return model, tokenizer, name, weights
 
 
@@ -221,3 +205,19 @@ def model_device(model):
     import torch
 
     return torch.device("cpu")
+
+
+def _finish_local(model, path, tokenizer):
+    """The tokenizer of a local model directory (the given one, the directory's, or
+    None), and the model tagged with its GGUF source when it was converted from one."""
+    if tokenizer is None:
+        try:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        except Exception:
+            tokenizer = None
+    info = gguf_info(path)
+    if info is not None:
+        setattr(model, _SOURCE_ATTR, source_record(info))
+    return tokenizer
