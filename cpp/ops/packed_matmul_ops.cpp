@@ -14,6 +14,12 @@
 //    (dequant_rows_cpu) into one reused buffer and each tile goes through
 //    torch's fp32 GEMM (at::mm_out); the dense weight is never built whole.
 //
+//   packed_linear_a8(...same...) -> Tensor: the same with x quantized to int8 per
+//   block of 64 in the decode kernel (packed_matmul_a8_cpu: 2/4/8-bit layers whose
+//   in_features and group size are multiples of 64, 128 for 2-bit; the exact
+//   kernel otherwise); prefill (more rows) is the exact tiled path. CPU and Meta.
+//   packed_linear_a8_applies(int bits, int in_features, int group_size) -> bool.
+//
 //   set_cpu_isa(str isa) -> bool: caps the SIMD path of this library's CPU
 //   kernels ("avx512", "avx2", "baseline", "auto"), for tests and benchmarks.
 #include <ATen/Parallel.h>
@@ -34,10 +40,10 @@ constexpr int64_t kDecodeRows = 8;                // rows of x up to which the f
 constexpr int64_t kTileBytes = int64_t{1} << 23;  // fp32 bytes of W per prefill tile (8 MiB)
 constexpr int64_t kTileMinRows = 1024;            // ... but at least this many rows: narrow GEMMs are slow
 
-at::Tensor packed_linear_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
-                             const std::optional<at::Tensor>& zeros, const std::optional<at::Tensor>& bias,
-                             int64_t bits, int64_t out_features, int64_t in_features, int64_t group_size) {
-  const char* op = kPackedLinearOp;
+at::Tensor packed_linear_impl(const char* op, bool int8_activations, const at::Tensor& x,
+                              const at::Tensor& qweight, const at::Tensor& scales,
+                              const std::optional<at::Tensor>& zeros, const std::optional<at::Tensor>& bias,
+                              int64_t bits, int64_t out_features, int64_t in_features, int64_t group_size) {
   check_packed_linear_args(x, qweight, scales, zeros, bias, bits, out_features, in_features, group_size);
   TORCH_CHECK(qweight.device().is_cpu(), op, ": expected CPU tensors, got ", qweight.device());
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
@@ -56,10 +62,14 @@ at::Tensor packed_linear_cpu(const at::Tensor& x, const at::Tensor& qweight, con
     const at::Tensor xc = x.contiguous();
     at::Tensor y = at::empty(shape, x.options());
     const kernels::DType dt = out_dtype_code(x.scalar_type(), op);
-    check_status(kernels::packed_matmul_cpu(xc.const_data_ptr(), dt, m, q.const_data_ptr<uint8_t>(), sp, zp,
-                                            bf.defined() ? bf.const_data_ptr<float>() : nullptr, out_features,
-                                            in_features, static_cast<int>(bits), group_size,
-                                            y.mutable_data_ptr(), dt, threads),
+    using Kernel = kernels::Status (*)(const void*, kernels::DType, int64_t, const uint8_t*,
+                                       const kernels::Half*, const uint8_t*, const float*, int64_t, int64_t,
+                                       int, int64_t, void*, kernels::DType, int);
+    const Kernel kernel =
+        int8_activations ? Kernel{&kernels::packed_matmul_a8_cpu} : Kernel{&kernels::packed_matmul_cpu};
+    check_status(kernel(xc.const_data_ptr(), dt, m, q.const_data_ptr<uint8_t>(), sp, zp,
+                        bf.defined() ? bf.const_data_ptr<float>() : nullptr, out_features, in_features,
+                        static_cast<int>(bits), group_size, y.mutable_data_ptr(), dt, threads),
                  op);
     return y;
   }
@@ -86,6 +96,20 @@ at::Tensor packed_linear_cpu(const at::Tensor& x, const at::Tensor& qweight, con
   return y.to(x.scalar_type()).reshape(shape);
 }
 
+at::Tensor packed_linear_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
+                             const std::optional<at::Tensor>& zeros, const std::optional<at::Tensor>& bias,
+                             int64_t bits, int64_t out_features, int64_t in_features, int64_t group_size) {
+  return packed_linear_impl(kPackedLinearOp, false, x, qweight, scales, zeros, bias, bits, out_features,
+                            in_features, group_size);
+}
+
+at::Tensor packed_linear_a8_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
+                                const std::optional<at::Tensor>& zeros, const std::optional<at::Tensor>& bias,
+                                int64_t bits, int64_t out_features, int64_t in_features, int64_t group_size) {
+  return packed_linear_impl("empas::packed_linear_a8", true, x, qweight, scales, zeros, bias, bits,
+                            out_features, in_features, group_size);
+}
+
 at::Tensor packed_linear_meta(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
                               const std::optional<at::Tensor>& zeros, const std::optional<at::Tensor>& bias,
                               int64_t bits, int64_t out_features, int64_t in_features, int64_t group_size) {
@@ -95,17 +119,31 @@ at::Tensor packed_linear_meta(const at::Tensor& x, const at::Tensor& qweight, co
 
 bool set_cpu_isa(const std::string& isa) { return kernels::set_cpu_isa(isa.c_str()); }
 
+bool a8_applies(int64_t bits, int64_t in_features, int64_t group_size) {
+  return kernels::packed_matmul_a8_applies(static_cast<int>(bits), in_features, group_size);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(empas, m) {
   m.def(
       "packed_linear(Tensor x, Tensor qweight, Tensor scales, Tensor? zeros, Tensor? bias, int bits, "
       "int out_features, int in_features, int group_size) -> Tensor");
+  m.def(
+      "packed_linear_a8(Tensor x, Tensor qweight, Tensor scales, Tensor? zeros, Tensor? bias, int bits, "
+      "int out_features, int in_features, int group_size) -> Tensor");
+  m.def("packed_linear_a8_applies(int bits, int in_features, int group_size) -> bool", &a8_applies);
   m.def("set_cpu_isa(str isa) -> bool", &set_cpu_isa);
 }
 
-TORCH_LIBRARY_IMPL(empas, CPU, m) { m.impl("packed_linear", &packed_linear_cpu); }
+TORCH_LIBRARY_IMPL(empas, CPU, m) {
+  m.impl("packed_linear", &packed_linear_cpu);
+  m.impl("packed_linear_a8", &packed_linear_a8_cpu);
+}
 
-TORCH_LIBRARY_IMPL(empas, Meta, m) { m.impl("packed_linear", &packed_linear_meta); }
+TORCH_LIBRARY_IMPL(empas, Meta, m) {
+  m.impl("packed_linear", &packed_linear_meta);
+  m.impl("packed_linear_a8", &packed_linear_meta);
+}
 
 }  // namespace empas::ops

@@ -522,6 +522,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     )
     v.add_argument("--speed-repeats", type=int, default=3, help="--speed: timed rounds")
     v.add_argument(
+        "--speed-activations",
+        choices=["exact", "int8"],
+        default="exact",
+        help="--speed: int8 runs the packed linears' int8-activation CPU decode kernel",
+    )
+    v.add_argument(
         "--no-honesty",
         action="store_true",
         help="skip best_under_int4 (the best plan of the profile's exact front within the "
@@ -588,6 +594,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--default-plan", help="plan used when a request names none")
     sv.add_argument("--no-fp16", action="store_true", help="do not also serve the fp16 plan")
+    sv.add_argument(
+        "--activations",
+        choices=["exact", "int8"],
+        default="exact",
+        help="int8: the packed linears run the int8-activation CPU decode kernel (faster; "
+        "x quantized per block of 64, see empas.set_activations)",
+    )
     sv.add_argument("--max-prompt-chars", type=int, default=4000)
     sv.add_argument("--max-prompt-tokens", type=int, help="default: the model's context minus one")
     sv.add_argument("--max-new-tokens", type=int, default=256, help="cap per request")
@@ -695,6 +708,7 @@ def _cmd_serve(a: argparse.Namespace) -> int:
         limits=limits,
         device=a.device,
         log_level=a.log_level,
+        activations=a.activations,
     )
 
 
@@ -1052,6 +1066,7 @@ def _cmd_verify(a: argparse.Namespace) -> int:
         speed_prompt_tokens=a.speed_prompt_tokens,
         speed_prefill_tokens=a.speed_prefill_tokens,
         speed_repeats=a.speed_repeats,
+        speed_activations=a.speed_activations,
     )
     rep = verify(
         model,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ..errors import CheckpointError, PlanMismatchError
 from . import packing
-from .apply import applied, apply, weight_bytes
+from .apply import applied, apply, set_activations, weight_bytes
 from .checkpoint import load_quantized, read_manifest, save_quantized
 from .config import QuantConfig, QuantFormat, choice_formats, int_format
 from .fake import fake_quant, fake_quant_reference
@@ -28,5 +28,6 @@ __all__ = [
     "packing",
     "read_manifest",
     "save_quantized",
+    "set_activations",
     "weight_bytes",
 ]

@@ -351,7 +351,13 @@ def pack_member(model, m, bits: int, qs: QuantConfig, undo: Undo | None) -> None
 
 
 def apply(
-    model, plan, mode: str = "fake", *, clip_search: bool = False, allow_partial: bool = False
+    model,
+    plan,
+    mode: str = "fake",
+    *,
+    clip_search: bool = False,
+    allow_partial: bool = False,
+    activations: str = "exact",
 ):
     """Applies ``plan`` (a Plan, dict or path) to ``model`` in place and returns it.
 
@@ -361,30 +367,60 @@ def apply(
     16-bit units ``empas.nn.HalfLinear``; the weights then take the plan's predicted bytes.
     Blocks planned at 0 bits are replaced by ``empas.nn.DroppedBlock`` in both modes.
     ``clip_search`` must match the profile's (``profile.meta["source"]``).
+    ``activations="int8"`` (packed mode): the packed linears run the int8-activation
+    CPU decode kernel (see ``empas.set_activations``).
 
     Raises PlanMismatchError for a plan made for another model or one that lacks
     units of its profile (unless ``allow_partial``), FormatError for formats the
     quantizer does not know. Nothing is changed on error."""
     plan = as_plan(plan)
+    _check_activations(mode, activations)
     # Everything is validated (names, sizes, formats, finite weights) before the
     # first change; replaced modules are put back if packing fails part-way.
     _apply(model, plan, mode, clip_search, Undo(save_weights=False), allow_partial)
+    if activations != "exact":
+        set_activations(model, activations)
     return model
 
 
 @contextmanager
 def applied(
-    model, plan, mode: str = "fake", *, clip_search: bool = False, allow_partial: bool = False
+    model,
+    plan,
+    mode: str = "fake",
+    *,
+    clip_search: bool = False,
+    allow_partial: bool = False,
+    activations: str = "exact",
 ) -> Iterator[Any]:
     """``with empas.applied(model, plan): ...`` applies the plan and restores the
     original weights and modules (bit-exactly) on exit."""
     plan = as_plan(plan)
+    _check_activations(mode, activations)
     undo = Undo()
     _apply(model, plan, mode, clip_search, undo, allow_partial)
+    if activations != "exact":
+        set_activations(model, activations)
     try:
         yield model
     finally:
         undo.restore()
+
+
+def _check_activations(mode: str, activations: str) -> None:
+    from .nn import check_activations
+
+    check_activations(activations)
+    if activations != "exact" and mode != "packed":
+        raise ValueError(f"activations={activations!r} needs mode='packed' (got mode={mode!r})")
+
+
+def set_activations(model, mode: str) -> int:
+    """Sets how the packed linears of ``model`` treat their input (``"exact"`` or
+    ``"int8"``; see :func:`empas.quant.nn.set_activations`); returns how many."""
+    from .nn import set_activations as _set
+
+    return _set(model, mode)
 
 
 def weight_bytes(model) -> int:

@@ -269,19 +269,29 @@ def _validate_manifest(m: dict[str, Any], mf: Path) -> None:
         raise bad(f"files[{WEIGHTS!r}].sha256", f"must be 64 lowercase hex digits, got {sha!r}")
 
 
-def load_quantized(path: str | os.PathLike, device: str = "cpu", *, verify_hash: bool = True):
+def load_quantized(
+    path: str | os.PathLike,
+    device: str = "cpu",
+    *,
+    verify_hash: bool = True,
+    activations: str = "exact",
+):
     """Loads a packed checkpoint into its HuggingFace model class, with packed
     linears (no full-precision copy of the quantized weights is ever built).
-    The plan is attached as ``model.empas_plan``. Raises CheckpointError on a
-    missing, corrupt or inconsistent checkpoint."""
+    The plan is attached as ``model.empas_plan``. ``activations="int8"``: the
+    packed linears run the int8-activation CPU decode kernel (a runtime choice,
+    not stored; see ``empas.set_activations``). Raises CheckpointError on a
+    missing, corrupt or inconsistent checkpoint, ValueError for an unknown
+    ``activations``."""
     import torch
     import transformers
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from ..plan import Plan
-    from .nn import DroppedBlock, HalfLinear, PackedLinear
+    from .nn import DroppedBlock, HalfLinear, PackedLinear, check_activations, set_activations
 
+    check_activations(activations)
     path = Path(path)
     m = read_manifest(path)
     wf = path / WEIGHTS
@@ -376,6 +386,7 @@ def load_quantized(path: str | os.PathLike, device: str = "cpu", *, verify_hash:
         model.empas_plan = Plan.from_dict(m["plan"])
     except ValueError as exc:
         raise CheckpointError(f"{path}: the manifest's plan is invalid ({exc})") from None
+    set_activations(model, activations)
     return model
 
 

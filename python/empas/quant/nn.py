@@ -15,7 +15,13 @@ import torch.nn.functional as F
 from .._native import load_ops
 from ..errors import FormatError
 
-__all__ = ["DroppedBlock", "HalfLinear", "PackedLinear"]
+__all__ = ["ACTIVATIONS", "DroppedBlock", "HalfLinear", "PackedLinear", "set_activations"]
+
+#: How a PackedLinear treats its input in the CPU decode kernel: ``"exact"`` (fp32
+#: products, equal to dequant + matmul within fp32 rounding) or ``"int8"`` (x
+#: quantized per block of 64 to int8, integer dot products: faster, with the
+#: error bound of ``torch.ops.empas.packed_linear_a8``).
+ACTIVATIONS = ("exact", "int8")
 
 
 class DroppedBlock(nn.Module):
@@ -126,6 +132,7 @@ class PackedLinear(nn.Module):
             self.bias = None
         self.n_groups, self.nbytes = n_groups, nbytes
         self.module_name = ""  # the qualified name in its model, for error messages
+        self.activations = "exact"  # ACTIVATIONS; set_activations() changes it
         self._checked: tuple | None = None  # weak references to the buffers last validated
 
     def _describe(self) -> str:
@@ -220,7 +227,11 @@ class PackedLinear(nn.Module):
         self.check()
         reason = self._fallback_reason(x)
         if reason is None:
-            return torch.ops.empas.packed_linear(
+            # int8 activations: the CPU kernel (decode rows; prefill stays exact). On
+            # other devices the exact kernel runs.
+            a8 = self.activations == "int8" and x.device.type == "cpu"
+            op = torch.ops.empas.packed_linear_a8 if a8 else torch.ops.empas.packed_linear
+            return op(
                 x,
                 self.qweight,
                 self.scales,
@@ -239,7 +250,31 @@ class PackedLinear(nn.Module):
 
     def extra_repr(self) -> str:
         kind = "sym" if self.symmetric else "asym"
+        act = ", activations=int8" if self.activations == "int8" else ""
         return (
             f"in={self.in_features}, out={self.out_features}, bits={self.bits}, "
-            f"group_size={self.group_size}, {kind}"
+            f"group_size={self.group_size}, {kind}{act}"
         )
+
+
+def check_activations(mode: str) -> str:
+    """``mode`` if it is one of ACTIVATIONS, else ValueError naming the choices."""
+    if mode not in ACTIVATIONS:
+        raise ValueError(f"activations must be one of {', '.join(ACTIVATIONS)}; got {mode!r}")
+    return mode
+
+
+def set_activations(model, mode: str) -> int:
+    """Sets how every PackedLinear of ``model`` treats its input: ``"int8"`` runs
+    the int8-activation CPU decode kernel (``torch.ops.empas.packed_linear_a8``:
+    2/4/8-bit layers whose in_features and group size are multiples of 64, 128 for
+    2-bit; others, prefill and non-CPU devices stay exact), ``"exact"`` the fp32
+    kernel. Returns the number of PackedLinear modules set; ValueError for an
+    unknown mode (nothing changed)."""
+    check_activations(mode)
+    n = 0
+    for mod in model.modules():
+        if isinstance(mod, PackedLinear):
+            mod.activations = mode
+            n += 1
+    return n

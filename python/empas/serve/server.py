@@ -345,7 +345,8 @@ class PlanServer:
     archetype). ``fp16``: also serve ``"fp16"``, every unit at 16 bits.
     ``default_plan``: the plan of requests that name none (default: the first plan
     given). Raises ServeError for a bad setup, PlanMismatchError naming the plan for
-    a plan made for another model."""
+    a plan made for another model. ``activations="int8"``: the packed linears run
+    the int8-activation CPU decode kernel (``empas.set_activations``)."""
 
     def __init__(
         self,
@@ -358,7 +359,14 @@ class PlanServer:
         default_plan: str | None = None,
         limits: Limits | None = None,
         device: str | None = None,
+        activations: str = "exact",
     ):
+        from ..quant.nn import check_activations
+
+        try:
+            self.activations = check_activations(activations)
+        except ValueError as exc:
+            raise ServeError(str(exc)) from None
         self.limits = limits if limits is not None else Limits()
         if not isinstance(self.limits, Limits):
             raise ServeError(f"limits must be a Limits, got {type(self.limits).__name__}")
@@ -408,7 +416,7 @@ class PlanServer:
                 continue
             variant = _shared_copy(base)
             try:
-                apply_plan(variant, plan, mode="packed")
+                apply_plan(variant, plan, mode="packed", activations=self.activations)
             except (PlanMismatchError, FormatError) as exc:
                 raise type(exc)(f"plan {name!r}: {exc}") from exc
             except ValueError as exc:
@@ -770,6 +778,7 @@ def create_app(server: PlanServer):
             "status": "ok",
             "model": server.model_name,
             "device": server.device,
+            "activations": server.activations,
             "plans": server.plan_names,
             "default_plan": server.default_plan,
             "busy": state["running"],
@@ -889,6 +898,7 @@ def run(
     device: str | None = None,
     log_level: str = "info",
     tokenizer=None,
+    activations: str = "exact",
 ) -> int:
     """Loads the model and plans, then serves HTTP on host:port until interrupted
     (Ctrl-C). Returns 0 after a clean shutdown. Raises ServeError (bad setup, port
@@ -905,6 +915,7 @@ def run(
         default_plan=default_plan,
         limits=limits,
         device=device,
+        activations=activations,
     )
     sock = bind_socket(host, port)
     try:

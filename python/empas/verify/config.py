@@ -38,10 +38,15 @@ class VerifyConfig:
     speed_prompt_tokens: int = 16
     speed_prefill_tokens: int | None = None
     speed_repeats: int = 3
+    speed_activations: str = "exact"
 
     def __post_init__(self) -> None:
         if self.loss is not None and self.loss not in LOSSES:
             raise ValueError(f"verify measures loss 'causal_lm' or 'embedding', got {self.loss!r}")
+        if self.speed_activations not in ("exact", "int8"):
+            raise ValueError(
+                f"speed_activations must be 'exact' or 'int8', got {self.speed_activations!r}"
+            )
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         for name, lo in (

@@ -76,6 +76,7 @@ def verify(
     speed_prompt_tokens: int = 16,
     speed_prefill_tokens: int | None = None,
     speed_repeats: int = 3,
+    speed_activations: str = "exact",
     device: str | None = None,
     config: VerifyConfig | None = None,
     progress: bool = True,
@@ -96,7 +97,8 @@ def verify(
     decode tokens/s (batch 1, ``speed_new_tokens`` greedy steps after a prompt of
     ``speed_prompt_tokens``) and prefill tokens/s (one forward of
     ``speed_prefill_tokens``, default min(128, context)), medians of
-    ``speed_repeats`` interleaved rounds; with a profile that has a latency table,
+    ``speed_repeats`` interleaved rounds (``speed_activations="int8"``: the packed
+    linears run the int8-activation CPU decode kernel, see ``empas.set_activations``); with a profile that has a latency table,
     each plan's predicted latency (Σ per-unit cells) and the Spearman rank
     correlation of predicted with measured time per token (the report's
     ``speed`` section). Each plan's ``measured`` field is filled
@@ -196,6 +198,7 @@ def _speed(v, rows, plans_out: dict[str, Plan], cfg: VerifyConfig) -> dict:
         prompt_tokens=cfg.speed_prompt_tokens,
         prefill_tokens=prefill,
         repeats=cfg.speed_repeats,
+        activations=cfg.speed_activations,
     )
     lat = v.profile.latency if v.profile is not None else None
     for r in rows:
@@ -215,6 +218,7 @@ def _speed(v, rows, plans_out: dict[str, Plan], cfg: VerifyConfig) -> dict:
         "prompt_tokens": cfg.speed_prompt_tokens,
         "prefill_tokens": prefill,
         "repeats": cfg.speed_repeats,
+        "activations": cfg.speed_activations,
         "statistic": "median over rounds; each round visits every plan once, seeded order",
         "latency_table": None
         if src is None

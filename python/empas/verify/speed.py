@@ -98,10 +98,12 @@ def measure_speed(
     prefill_tokens: int = 128,
     repeats: int = 3,
     seed: int = 0,
+    activations: str = "exact",
 ) -> dict[str, dict[str, Any]]:
     """name -> {decode_tok_s, decode_ms_per_token, prefill_tok_s, prefill_ms_per_token,
     decode_ms_samples, prefill_ms_samples}. ``plans``: (name, Plan or None); None is
-    the model as it is (the unquantized reference). ``stream``: 1-D token ids."""
+    the model as it is (the unquantized reference). ``stream``: 1-D token ids.
+    ``activations``: how the packed linears treat their input (``empas.set_activations``)."""
     import torch
 
     from ..models.loading import model_device
@@ -124,7 +126,9 @@ def measure_speed(
             if plan is None:
                 td, tp = _once(model, prompt, prefill, new_tokens, dev, extra)
             else:
-                with applied(model, plan, "packed", clip_search=clip_search):
+                with applied(
+                    model, plan, "packed", clip_search=clip_search, activations=activations
+                ):
                     with torch.inference_mode():  # the fresh modules' first call, untimed
                         model(input_ids=prompt, use_cache=False, **extra)
                     td, tp = _once(model, prompt, prefill, new_tokens, dev, extra)

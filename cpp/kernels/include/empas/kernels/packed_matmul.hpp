@@ -43,6 +43,31 @@ Status packed_matmul_cpu(const void* x, DType x_dtype, int64_t m, const uint8_t*
                          const uint8_t* zeros, const float* bias, int64_t out_features, int64_t in_features,
                          int bits, int64_t group_size, void* y, DType y_dtype, int num_threads);
 
+/// True when packed_matmul_a8_cpu runs its int8-activation kernel for this
+/// layer: bits in {2, 4, 8}, and in_features and the (effective) group size
+/// multiples of 64 (128 for 2-bit). Otherwise it runs packed_matmul_cpu.
+bool packed_matmul_a8_applies(int bits, int64_t in_features, int64_t group_size);
+
+/// packed_matmul_cpu with x quantized to int8 (llama.cpp's q4_0 x q8_0 idea):
+/// per block of 64 elements of each row of x, dx = amax / 127 and q =
+/// rint(x * (127 / amax)) (half to even, in [-127, 127]); then y[i, o] =
+/// sum_g s_g * sum_blocks dx_b * sum_e (u_e - z_g) * q_e + bias[o], the inner
+/// sums exact in int32, the rest in fp32 (packed_matmul_a8_cpu.cpp). So y is
+/// the exact product with x replaced by q * dx, up to fp32 rounding: |y -
+/// x @ W^T| <= sum_e |W[o, e]| * dx_b(e) / 2 plus fp32 rounding. AVX2 (also on
+/// AVX-512 CPUs) and the baseline agree bit for bit; the thread count does not
+/// change the result. When it does not apply (packed_matmul_a8_applies false,
+/// or x holds NaN/Inf) the exact kernel runs. Errors as packed_matmul_cpu.
+Status packed_matmul_a8_cpu(const float* x, int64_t m, const uint8_t* qweight, const Half* scales,
+                            const uint8_t* zeros, const float* bias, int64_t out_features,
+                            int64_t in_features, int bits, int64_t group_size, float* y, int num_threads);
+
+/// The same for x and y of any of the three dtypes (as packed_matmul_cpu's).
+Status packed_matmul_a8_cpu(const void* x, DType x_dtype, int64_t m, const uint8_t* qweight,
+                            const Half* scales, const uint8_t* zeros, const float* bias, int64_t out_features,
+                            int64_t in_features, int bits, int64_t group_size, void* y, DType y_dtype,
+                            int num_threads);
+
 /// Dequantizes rows [r0, r1) of a packed [rows x cols] weight into
 /// out[(r1 - r0) x cols] (row-major, out_dtype): the same values as
 /// dequant_cpu's rows r0..r1-1. r0 need not start on a byte of the stream.
