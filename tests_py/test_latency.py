@@ -89,6 +89,19 @@ def test_fewer_repeats_and_no_warmup_still_work(tiny_model_path, tiny_profile):
     assert (t.ms > 0).all()
 
 
+def test_int8_activations_are_timed_and_recorded(tiny_model_path, tiny_profile, monkeypatch):
+    from empas.quant import nn as qnn
+
+    seen = []
+    real = qnn.set_activations
+    monkeypatch.setattr(qnn, "set_activations", lambda m, mode: seen.append(mode) or real(m, mode))
+    t = empas.measure_latency(
+        tiny_model_path, tiny_profile, choices=[4], repeats=1, warmup=0, activations="int8"
+    )
+    assert t.meta["activations"] == "int8" and (t.ms > 0).all()
+    assert seen and set(seen) == {"int8"}  # every packed module timed was set to int8
+
+
 def test_units_without_a_profile(tiny_model_path):
     t = empas.measure_latency(tiny_model_path, "sublayer", [2, 16], repeats=1, warmup=0)
     assert len(t.unit_names) == 8 and all(n.endswith(("self_attn", "mlp")) for n in t.unit_names)
@@ -109,6 +122,7 @@ def test_units_without_a_profile(tiny_model_path):
         ({"choices": [5]}, r"choice\(s\) \[5\] are not among the profile's choices"),
         ({"choices": [4, 4]}, "repeat a bit width"),
         ({"choices": [1]}, "choice 1 is not a known format"),
+        ({"activations": "int4"}, "activations must be one of exact, int8"),
     ],
 )
 def test_bad_settings_are_named(tiny_model_path, tiny_profile, kw, match):

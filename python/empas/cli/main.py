@@ -477,6 +477,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     _device(la)
     _latency_options(la)
     la.add_argument("--seed", type=int, default=0, help="the interleaving order and inputs")
+    la.add_argument(
+        "--activations",
+        choices=["exact", "int8"],
+        default="exact",
+        help="time the packed modules with int8 activations (the int8-activation CPU kernel)",
+    )
     _quiet(la)
     la.add_argument("--force", action="store_true", help="overwrite the output file")
 
@@ -972,6 +978,7 @@ def _cmd_latency(a: argparse.Namespace) -> int:
         warmup=a.warmup,
         seed=a.seed,
         progress=not a.quiet,
+        activations=a.activations,
     )
     new = tab.into(prof)
     new.save(out)

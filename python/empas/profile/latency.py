@@ -275,10 +275,11 @@ def _resolve(model, units):
     return [t.members for t in resolve(model, plan, allow_partial=True)]
 
 
-def _variant(model, member, bits: int, qs, device):
-    """The module ``apply(mode="packed")`` would put at ``member`` for ``bits``,
-    built by the same function, then the model is put back."""
+def _variant(model, member, bits: int, qs, device, activations: str = "exact"):
+    """The module ``apply(mode="packed", activations=...)`` would put at ``member``
+    for ``bits``, built by the same function, then the model is put back."""
     from ..quant.apply import Undo, pack_member
+    from ..quant.nn import set_activations
 
     undo = Undo(save_weights=False)
     try:
@@ -286,6 +287,7 @@ def _variant(model, member, bits: int, qs, device):
         new = model.get_submodule(member.name)
     finally:
         undo.restore()
+    set_activations(new, activations)
     return new.to(device).eval()
 
 
@@ -304,6 +306,7 @@ def measure_latency(
     quantizer: dict[str, Any] | None = None,
     clip_search: bool | None = None,
     progress: bool = False,
+    activations: str = "exact",
 ) -> LatencyTable:
     """Times every (unit, choice) cell (see the module docstring for what a cell
     covers and how noise is handled) and returns a :class:`LatencyTable` in ms.
@@ -319,13 +322,17 @@ def measure_latency(
     record for units given without a profile (default group 128, symmetric).
     ``clip_search`` (default: the profile's) only changes the packed values, not
     the time. ``repeats`` samples per cell after ``warmup`` rounds; the cell is
-    their median."""
+    their median. ``activations``: how the packed modules treat their input
+    (``"int8"``: the int8-activation CPU decode kernel, as ``empas.set_activations``),
+    recorded in the table's provenance."""
     import torch
 
     from ..models.loading import load_model, model_device
     from ..models.structure import distinct
     from ..quant.config import QuantConfig
+    from ..quant.nn import check_activations
 
+    check_activations(activations)
     batch = _positive_int("batch", batch)
     tokens = _positive_int("tokens", tokens)
     repeats = _positive_int("repeats", repeats)
@@ -374,7 +381,10 @@ def measure_latency(
                         mods.append(None)
                         continue
                     mods.append(
-                        [(_variant(model, m, bits, qs, dev), inputs[m.shape[1]]) for m in lin]
+                        [
+                            (_variant(model, m, bits, qs, dev, activations), inputs[m.shape[1]])
+                            for m in lin
+                        ]
                     )
                 for _ in range(rounds * n_c):
                     uu, r, c = order[pos]
@@ -405,6 +415,7 @@ def measure_latency(
         "device_name": _device_name(dev),
         "batch": batch,
         "tokens": tokens,
+        "activations": activations,
         "repeats": repeats,
         "warmup": warmup,
         "seed": seed,
