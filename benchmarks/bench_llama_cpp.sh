@@ -16,11 +16,13 @@
 #     static libraries (rebuilt when the source is newer than the binary).
 #  4. Unless TBO=0: llama.cpp's tests/test-backend-ops.cpp, compiled the same way
 #     (it only uses ggml; its CMake target would also build libllama and llama-common,
-#     see the TODO in tests/CMakeLists.txt), and `test-backend-ops perf -o MUL_MAT -b CPU`
-#     run once, its output kept raw in $TBO_OUT. Its MUL_MAT perf cases are ggml's own
-#     shapes (4096 x 14336 at batch 1..8 and 512 for every type; q4_K 4096..14336 x 4096
-#     at batch 1..8), not ours, and it runs with hardware_concurrency/2 threads
-#     (1 on a 2-core machine) on the plain CPU buffer (no repacking).
+#     see the TODO in tests/CMakeLists.txt), and `test-backend-ops perf -o MUL_MAT -b CPU
+#     -p "$TBO_PARAMS"` run once, its output kept raw in $TBO_OUT. Its MUL_MAT perf cases
+#     are ggml's own shapes (m=4096 k=14336 at n=1,2,3,4,5,8,512 for every type; q4_K
+#     m=4096/6144/6272/14336 k=4096 at n=1..8), not ours, and it runs with
+#     hardware_concurrency/2 threads (1 on a 2-core machine) on the plain CPU buffer (no
+#     repacking). Each case runs >= 1 s, so all ~30 types take ~15 min: TBO_PARAMS keeps
+#     only the types compared here (TBO_PARAMS= runs them all).
 #  5. The harness (THREADS threads, BUDGET_S seconds of timed rounds; its own
 #     --repack default: weights in the CPU_REPACK buffer where ggml supports it, as
 #     llama.cpp loads models) -> JSON lines -> $OUT_JSON with the machine (lscpu model
@@ -32,7 +34,8 @@
 # Environment: JOBS (build jobs, default 1), NICE (prefix for heavy build commands,
 # default "nice -n 19"), LLCPP_PY_VERSION (default 0.3.36), THREADS (default 2),
 # BUDGET_S (default 150), HARNESS_ARGS (extra harness options, e.g. "--repack off"),
-# TBO (1: build and run test-backend-ops, default 1), PY (python with pip; default the
+# TBO (1: build and run test-backend-ops, default 1), TBO_PARAMS (its -p filter, default
+# the types q4_0/q4_K/q8_0/f16/f32), PY (python with pip; default the
 # repo's .venv, else python3), OUT_JSON (default benchmarks/results/llama_cpp_matmul.json),
 # TBO_OUT (default benchmarks/results/llama_cpp_test_backend_ops_perf.txt).
 set -euo pipefail
@@ -50,6 +53,7 @@ THREADS="${THREADS:-2}"
 BUDGET_S="${BUDGET_S:-150}"
 HARNESS_ARGS="${HARNESS_ARGS:-}"
 TBO="${TBO:-1}"
+TBO_PARAMS="${TBO_PARAMS-type_a=(q4_0|q4_K|q8_0|f16|f32),}"
 OUT_JSON="${OUT_JSON:-$HERE/results/llama_cpp_matmul.json}"
 TBO_OUT="${TBO_OUT:-$HERE/results/llama_cpp_test_backend_ops_perf.txt}"
 CXX="${CXX:-g++}"
@@ -122,9 +126,13 @@ if [ "$TBO" = 1 ]; then
         log "test-backend-ops built in $(( $(date +%s) - t )) s"
     fi
     if [ ! -s "$TBO_OUT" ]; then
-        log "test-backend-ops perf -o MUL_MAT -b CPU (load: $(cut -d' ' -f1-3 /proc/loadavg)) -> $TBO_OUT"
+        TBO_ARGS=(perf -o MUL_MAT -b CPU)
+        [ -z "$TBO_PARAMS" ] || TBO_ARGS+=(-p "$TBO_PARAMS")
+        log "test-backend-ops ${TBO_ARGS[*]} (load: $(cut -d' ' -f1-3 /proc/loadavg)) -> $TBO_OUT"
         t=$(date +%s)
-        "$TBO_BIN" perf -o MUL_MAT -b CPU > "$TBO_OUT.tmp" 2>&1
+        { echo "# test-backend-ops ${TBO_ARGS[*]}"; echo "# $(uptime)"; } > "$TBO_OUT.tmp"
+        "$TBO_BIN" "${TBO_ARGS[@]}" >> "$TBO_OUT.tmp" 2>&1
+        echo "# $(uptime)" >> "$TBO_OUT.tmp"
         mv "$TBO_OUT.tmp" "$TBO_OUT"
         log "test-backend-ops perf took $(( $(date +%s) - t )) s"
     fi
@@ -145,7 +153,7 @@ LLCPP_COMMIT="$LLCPP_COMMIT" GGML_VERSION="$GGML_VERSION" LLCPP_PY_VERSION="$LLC
 LOAD_START="$LOAD_START" LOAD_END="$LOAD_END" UPTIME_START="$UPTIME_START" UPTIME_END="$UPTIME_END" \
 HARNESS_CMD="--threads $THREADS --budget-s $BUDGET_S $HARNESS_ARGS" CXX="$CXX" TBO="$TBO" \
 TBO_OUT="$TBO_OUT" REPO="$REPO" "$PY" - "$WORK" "$OUT_JSON" <<'EOF'
-import json, os, platform, subprocess, sys
+import json, os, platform, re, subprocess, sys
 work, out = sys.argv[1], sys.argv[2]
 env = os.environ
 
@@ -162,11 +170,20 @@ features = next((l[len("features:"):].split() for l in info if l.startswith("fea
 compiler = subprocess.run([env["CXX"], "--version"], capture_output=True, text=True).stdout.splitlines()[0]
 tbo = None
 if env["TBO"] == "1" and os.path.exists(env["TBO_OUT"]):
-    tbo = {"command": "test-backend-ops perf -o MUL_MAT -b CPU",
+    raw = open(env["TBO_OUT"], encoding="utf-8", errors="replace").read()
+    line = re.compile(r"MUL_MAT\((type_a=(\w+),type_b=(\w+),m=(\d+),n=(\d+),k=(\d+),[^)]*)\):\s+"
+                      r"(\d+) runs -\s+([\d.]+) us/run .*?([\d.]+) ([MGT])FLOPS")
+    scale = {"M": 1e-3, "G": 1.0, "T": 1e3}
+    tbo_cases = [{"params": m[1], "type_a": m[2], "type_b": m[3], "m": int(m[4]), "n": int(m[5]),
+                  "k": int(m[6]), "runs": int(m[7]), "us_per_run": float(m[8]),
+                  "gflops": float(m[9]) * scale[m[10]]}
+                 for m in line.finditer(raw)]
+    tbo = {"command": raw.splitlines()[0].lstrip("# "),
            "output": os.path.relpath(env["TBO_OUT"], env["REPO"]),
            "threads": max(1, (os.cpu_count() or 2) // 2),
-           "note": "ggml's own MUL_MAT perf shapes (m=4096 k=14336 at n=1,2,3,4,5,8,512 for every type; "
-                   "q4_K m=4096/6144/6272/14336 k=4096 at n=1..8), plain CPU buffer (no repack)"}
+           "note": "ggml's own MUL_MAT perf shapes, m = ne1 of A (out_features), k = ne0 (in_features), "
+                   "n = batch; plain CPU buffer (no repack); hardware_concurrency/2 threads",
+           "cases": tbo_cases}
 doc = {
     "benchmark": "empas.bench_llama_cpp/1",
     "what": "ggml_mul_mat(W, x) on ggml's CPU backend (benchmarks/llama_cpp/ggml_mul_mat_bench.cpp)",
