@@ -215,13 +215,22 @@ EOF
 "$PY" - "$OUT_JSON" <<'EOF'
 import json, sys
 doc = json.load(open(sys.argv[1]))
-types = list(dict.fromkeys(c["type"] for c in doc["cases"]))
+# per requested type; "*": llama-quantize's fallback type ran (in_features not a multiple of 256)
+types = list(dict.fromkeys(c["requested"] for c in doc["cases"]))
 rows = {}
 for c in doc["cases"]:
-    rows.setdefault((c["out"], c["in"], c["batch"]), {})[c["type"]] = c
-print(f"{'out x in':>12} {'batch':>5}  " + "  ".join(f"{t + ' ms':>10}" for t in types))
+    rows.setdefault((c["out"], c["in"], c["batch"]), {})[c["requested"]] = c
+
+
+def cell(c):
+    if c is None or "skipped" in c:
+        return f"{'-':>11}"
+    return f"{c['median_ms']:10.3f}" + ("*" if c["type"] != c["requested"] else " ")
+
+
+print("median ms, " + " ".join(doc["harness_args"]) + "; * = fallback type ran")
+print(f"{'out x in':>12} {'batch':>5}  " + " ".join(f"{t:>11}" for t in types))
 for (o, i, b), r in rows.items():
-    cells = [f"{r[t]['median_ms']:10.3f}" if t in r else f"{'-':>10}" for t in types]
-    print(f"{f'{o}x{i}':>12} {b:>5}  " + "  ".join(cells))
+    print(f"{f'{o}x{i}':>12} {b:>5}  " + " ".join(cell(r.get(t)) for t in types))
 EOF
 log "done (llama.cpp $LLCPP_COMMIT, ggml $GGML_VERSION)"
