@@ -26,7 +26,8 @@
 #  5. The harness (THREADS threads, BUDGET_S seconds of timed rounds; its own
 #     --repack default: weights in the CPU_REPACK buffer where ggml supports it, as
 #     llama.cpp loads models) -> JSON lines -> $OUT_JSON with the machine (lscpu model
-#     name, cores, load average and `uptime` before and after), the llama.cpp commit and
+#     name, cores, load average and `uptime` before and after, and the CPU seconds other
+#     processes used during the run, from /proc/stat), the llama.cpp commit and
 #     ggml version, the backend's feature flags, and the cases.
 #
 # The benchmark steps (4, 5) run without nice: run this when the machine is quiet.
@@ -140,19 +141,21 @@ fi
 
 # -- 5. the harness ---------------------------------------------------------------------
 LOAD_START="$(cat /proc/loadavg)"
+STAT_START="$(head -1 /proc/stat)"
 UPTIME_START="$(uptime)"
 log "harness: --threads $THREADS --budget-s $BUDGET_S $HARNESS_ARGS (load: $LOAD_START)"
 # HARNESS_ARGS is a list of options: word splitting wanted
 # shellcheck disable=SC2086
 "$HARNESS" --threads "$THREADS" --budget-s "$BUDGET_S" $HARNESS_ARGS \
     > "$WORK/bench-cases.jsonl" 2> >(tee "$WORK/bench-stderr.log" >&2)
+STAT_END="$(head -1 /proc/stat)"
 LOAD_END="$(cat /proc/loadavg)"
 UPTIME_END="$(uptime)"
 
 LLCPP_COMMIT="$LLCPP_COMMIT" GGML_VERSION="$GGML_VERSION" LLCPP_PY_VERSION="$LLCPP_PY_VERSION" \
 LOAD_START="$LOAD_START" LOAD_END="$LOAD_END" UPTIME_START="$UPTIME_START" UPTIME_END="$UPTIME_END" \
 HARNESS_CMD="--threads $THREADS --budget-s $BUDGET_S $HARNESS_ARGS" CXX="$CXX" TBO="$TBO" \
-TBO_OUT="$TBO_OUT" REPO="$REPO" "$PY" - "$WORK" "$OUT_JSON" <<'EOF'
+STAT_START="$STAT_START" STAT_END="$STAT_END" TBO_OUT="$TBO_OUT" REPO="$REPO" "$PY" - "$WORK" "$OUT_JSON" <<'EOF'
 import json, os, platform, re, subprocess, sys
 work, out = sys.argv[1], sys.argv[2]
 env = os.environ
@@ -167,6 +170,17 @@ def lscpu(field):
 cases = [json.loads(l) for l in open(os.path.join(work, "bench-cases.jsonl")) if l.strip()]
 info = [l[2:].strip() for l in open(os.path.join(work, "bench-stderr.log")) if l.startswith("# ")]
 features = next((l[len("features:"):].split() for l in info if l.startswith("features:")), [])
+# CPU seconds the whole machine was busy during the harness run (/proc/stat: all but idle
+# and iowait), less the harness's own: what other processes took meanwhile
+def busy_s(line):
+    f = [int(x) for x in line.split()[1:9]]
+    return (sum(f) - f[3] - f[4]) / os.sysconf("SC_CLK_TCK")
+
+
+own = next((l.split() for l in info if l.startswith("cpu_s:")), None)
+other_cpu_s = None
+if own:
+    other_cpu_s = round(busy_s(env["STAT_END"]) - busy_s(env["STAT_START"]) - float(own[1]), 2)
 compiler = subprocess.run([env["CXX"], "--version"], capture_output=True, text=True).stdout.splitlines()[0]
 tbo = None
 if env["TBO"] == "1" and os.path.exists(env["TBO_OUT"]):
@@ -199,7 +213,10 @@ doc = {
     "machine": {"cpu": lscpu("Model name"), "cores": os.cpu_count(),
                 "platform": platform.platform(), "ggml_cpu_features": features,
                 "loadavg_start": env["LOAD_START"].split()[:3], "loadavg_end": env["LOAD_END"].split()[:3],
-                "uptime_start": env["UPTIME_START"].strip(), "uptime_end": env["UPTIME_END"].strip()},
+                "uptime_start": env["UPTIME_START"].strip(), "uptime_end": env["UPTIME_END"].strip(),
+                "harness_cpu_s": float(own[1]) if own else None,
+                "harness_wall_s": float(own[3]) if own else None,
+                "other_cpu_s_during_run": other_cpu_s},
     "harness_info": info,
     "test_backend_ops": tbo,
     "cases": cases,

@@ -31,6 +31,8 @@
 // clamped to [--min-reps, --max-reps]. One JSON object per case on stdout; progress
 // and the backend's feature flags on stderr.
 
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -375,5 +377,12 @@ int main(int argc, char** argv) {
   }
   ggml_backend_free(backend);
   ggml_quantize_free();
+
+  // our own CPU time, so that the caller can tell how much CPU others used meanwhile
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  double cpu_s = static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+                 1e-6 * static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+  std::fprintf(stderr, "# cpu_s: %.2f wall_s: %.2f\n", cpu_s, now_s() - t_start);
   return 0;
 }
