@@ -34,7 +34,7 @@
 #
 # Environment: JOBS (build jobs, default 1), NICE (prefix for heavy build commands,
 # default "nice -n 19"), LLCPP_PY_VERSION (default 0.3.36), THREADS (default 2),
-# BUDGET_S (default 150), HARNESS_ARGS (extra harness options, e.g. "--repack off"),
+# BUDGET_S (default 140), HARNESS_ARGS (extra harness options, e.g. "--repack off"),
 # TBO (1: build and run test-backend-ops, default 1), TBO_PARAMS (its -p filter, default
 # the types q4_0/q4_K/q8_0/f16/f32), PY (python with pip; default the
 # repo's .venv, else python3), OUT_JSON (default benchmarks/results/llama_cpp_matmul.json),
@@ -51,7 +51,7 @@ JOBS="${JOBS:-1}"
 NICE="${NICE:-nice -n 19}"
 LLCPP_PY_VERSION="${LLCPP_PY_VERSION:-0.3.36}"
 THREADS="${THREADS:-2}"
-BUDGET_S="${BUDGET_S:-150}"
+BUDGET_S="${BUDGET_S:-140}"
 HARNESS_ARGS="${HARNESS_ARGS:-}"
 TBO="${TBO:-1}"
 TBO_PARAMS="${TBO_PARAMS-type_a=(q4_0|q4_K|q8_0|f16|f32),}"
@@ -203,7 +203,7 @@ doc = {
     "what": "ggml_mul_mat(W, x) on ggml's CPU backend (benchmarks/llama_cpp/ggml_mul_mat_bench.cpp)",
     "shape_convention": "[out_features, in_features] of nn.Linear.weight; ggml W ne0=in, ne1=out; "
                         "x fp32 [batch, in] (ggml ne0=in, ne1=batch)",
-    "timing": "per (shape, batch): 3 warm-up computes per type, then rounds of one "
+    "timing": "per (shape, batch): warm-up computes (up to 3 per type), then rounds of one "
               "ggml_backend_graph_compute per type (interleaved); median and min over rounds",
     "llama_cpp": {"commit": env["LLCPP_COMMIT"], "ggml_version": env["GGML_VERSION"],
                   "source": f"llama-cpp-python=={env['LLCPP_PY_VERSION']} sdist, vendor/llama.cpp",

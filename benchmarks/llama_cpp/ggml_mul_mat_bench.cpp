@@ -24,12 +24,14 @@
 // mul_mat, else into the plain CPU buffer. --repack off: always the plain CPU buffer
 // (what test-backend-ops measures). Each case reports the buffer type used.
 //
-// Per (shape, batch) one graph per type is built once; every type is computed three times
-// to warm up, then the rounds: one timed ggml_backend_graph_compute per type per
-// round, the types interleaved so that load drifts on the machine hit all alike. The
-// number of rounds is --budget-s spread evenly over the (shape, batch) groups,
-// clamped to [--min-reps, --max-reps]. One JSON object per case on stdout; progress
-// and the backend's feature flags on stderr.
+// Per (shape, batch) one graph per type is built once; every type is computed to warm
+// up (3 rounds, or fewer once a second has gone to it), then the rounds: one timed
+// ggml_backend_graph_compute per type per round, the types interleaved so that load
+// drifts on the machine hit all alike. The number of rounds is what is left of
+// --budget-s (timed rounds only) spread evenly over the (shape, batch) groups still to
+// run, clamped to [--min-reps, --max-reps], so that the time the small cases leave
+// unused goes to the large batch-512 ones. One JSON object per case on stdout;
+// progress and the backend's feature flags on stderr.
 
 #include <sys/resource.h>
 
@@ -52,7 +54,7 @@ namespace {
 
 struct Options {
   int threads = 2;
-  double budget_s = 150.0;
+  double budget_s = 140.0;
   bool repack = true;
   int min_reps = 3;
   int max_reps = 1000;
@@ -305,7 +307,8 @@ int main(int argc, char** argv) {
   std::fprintf(stderr, "\n");
 
   const size_t n_groups = opt.shapes.size() * opt.batches.size();
-  const double group_budget = opt.budget_s / static_cast<double>(n_groups);
+  size_t groups_done = 0;
+  double timed_s = 0.0;  // spent in timed rounds so far
   std::mt19937_64 rng(opt.seed);
   std::vector<float> w_values, x_values;
   double t_start = now_s();
@@ -334,17 +337,23 @@ int main(int argc, char** argv) {
       std::vector<Case> cases;
       for (const auto& wt : weights) cases.push_back(make_case(backend, wt, batch, x_values));
 
-      double round_s = 0.0;
-      for (int warm = 0; warm < 3; ++warm) {
+      double round_s = 0.0, warm_s = 0.0;
+      for (int warm = 0; warm < 3 && warm_s < 1.0; ++warm) {
         round_s = 0.0;
         for (auto& c : cases) round_s += compute(backend, c);
+        warm_s += round_s;
       }
+      double group_budget =
+          std::max(0.0, opt.budget_s - timed_s) / static_cast<double>(n_groups - groups_done);
       int reps = static_cast<int>(group_budget / std::max(round_s, 1e-9));
       reps = std::clamp(reps, opt.min_reps, opt.max_reps);
 
+      double t0 = now_s();
       for (int r = 0; r < reps; ++r) {
         for (auto& c : cases) c.times.push_back(compute(backend, c));
       }
+      timed_s += now_s() - t0;
+      ++groups_done;
 
       for (auto& c : cases) {
         std::vector<double> t = c.times;
