@@ -28,10 +28,18 @@ decoding of packed int4 SmolLM2 vs its dense model, in one run on one machine.
   a fixed prompt, tokens/s of the decode steps (prefill excluded), median of
   ``--decode-runs`` runs, variants interleaved.
 
+* ``int8-x``: ``torch.ops.empas.packed_linear_a8`` (the int8-activation decode kernel,
+  ``empas.set_activations``) where it applies (2/4/8-bit, batch <= 8).
+* ``--cold``: batch 1 on the Llama shapes with every variant's weights rotated through
+  >= 4x the last-level cache, so that GB/s is what DRAM delivers, not L3.
+* ``--llama-cpp BIN``: llama.cpp's own CPU kernels (``ggml_mul_mat`` via
+  benchmarks/llama_cpp/ggml_mul_mat_bench, built by bench_llama_cpp.sh) on the same
+  shapes and batches, run right after ours: q4_0/q4_K against our 4-bit, q8_0 against
+  our 8-bit.
+
 Targets (issue 17, CPU, batch 1): 4-bit 4096x4096 >= 3x faster than the fastest
-dense torch matmul and >= 60% of the memory bandwidth; packed int4 SmolLM2 decode
->= 1.5x the dense model's tokens/s. llama.cpp's kernels are not compared (see
-benchmarks/README.md).
+dense torch matmul, >= 60% of the memory bandwidth, within 1.5x of llama.cpp's q4_0;
+packed int4 SmolLM2 decode >= 1.5x the dense model's tokens/s.
 
     python benchmarks/bench_matmul.py              # all shapes, ~10 min on 2 cores
     python benchmarks/bench_matmul.py --quick      # 3 shapes, batch 1 and 4
@@ -188,6 +196,76 @@ def print_row(r: dict) -> None:
                 f"  {c['a8_weight_gbps']:6.2f} GB/s ({c['a8_pct_of_copy_bandwidth']:4.0f}% of copy)"
                 f"  vs best dense x{c['a8_speedup_vs_best_dense']:5.2f}  vs exact x{c['a8_speedup_vs_fused']:5.2f}"
             )
+
+
+# ---- llama.cpp, in the same run ---------------------------------------------------
+
+LLAMA_PAIRS = {"q4_0": "4", "q4_K": "4", "q8_0": "8"}  # llama.cpp type -> our bit width
+
+
+def llama_cpp_section(binary: str, shapes, batches, rows: list[dict], budget_s: float) -> dict:
+    """Runs benchmarks/llama_cpp/ggml_mul_mat_bench (built by bench_llama_cpp.sh) on
+    the same shapes and batches, right after our cases, and sets each of our cases
+    against llama.cpp's q4_0/q4_K (4-bit) and q8_0 (8-bit): time ratio ours / theirs
+    (issue 17's target: within 1.5x of q4_0 at 4096x4096, batch 1)."""
+    import subprocess
+
+    cmd = [
+        binary,
+        "--threads",
+        str(torch.get_num_threads()),
+        "--budget-s",
+        str(budget_s),
+        "--types",
+        "q4_0,q4_K,q8_0,f16",
+        "--shapes",
+        ",".join(f"{o}x{i}" for o, i in shapes),
+        "--batches",
+        ",".join(str(b) for b in batches),
+    ]
+    print("llama.cpp: " + " ".join(cmd))
+    run = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    cases = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    info = [line for line in run.stderr.splitlines() if line.startswith(("ggml", "features"))]
+    theirs = {(c["out"], c["in"], c["batch"], c["requested"]): c for c in cases if "median_ms" in c}
+    cmp = []
+    for r in rows:
+        for lt, b in LLAMA_PAIRS.items():
+            c = theirs.get((r["out"], r["in"], r["batch"], lt))
+            ours = r["bits"].get(b)
+            if c is None or ours is None:
+                continue
+            t = c["median_ms"] / 1e3
+            row = {
+                "out": r["out"],
+                "in": r["in"],
+                "batch": r["batch"],
+                "llama_type": lt,
+                "llama_type_run": c["type"],
+                "llama_buffer": c.get("buffer"),
+                "llama_s": t,
+                "llama_weight_bytes": c.get("weight_bytes"),
+                "ours_bits": int(b),
+                "exact_s": ours["fused_s"],
+                "exact_over_llama": ours["fused_s"] / t,
+            }
+            if "a8_s" in ours:
+                row["a8_s"] = ours["a8_s"]
+                row["a8_over_llama"] = ours["a8_s"] / t
+            cmp.append(row)
+    for c in cmp:
+        if c["batch"] > 4:
+            continue
+        a8 = (
+            f"  int8-x {c['a8_s'] * 1e3:7.3f} ms (x{c['a8_over_llama']:4.2f})"
+            if "a8_s" in c
+            else ""
+        )
+        print(
+            f"  {c['out']}x{c['in']} b={c['batch']:<3} {c['llama_type_run']:5} {c['llama_s'] * 1e3:7.3f} ms"
+            f"  ours {c['ours_bits']}-bit exact {c['exact_s'] * 1e3:7.3f} ms (x{c['exact_over_llama']:4.2f}){a8}"
+        )
+    return {"command": cmd, "harness_info": info, "cases": cases, "compared": cmp}
 
 
 # ---- cold weights: the working set larger than the caches -----------------------
@@ -440,6 +518,13 @@ def main() -> None:
     ap.add_argument(
         "--cold", action="store_true", help="also batch 1 with weights rotated beyond the caches"
     )
+    ap.add_argument(
+        "--llama-cpp",
+        metavar="BIN",
+        help="also time llama.cpp's kernels in this run: the ggml_mul_mat_bench binary that "
+        "benchmarks/bench_llama_cpp.sh builds (e.g. /tmp/llcpp/bench-bin/ggml_mul_mat_bench)",
+    )
+    ap.add_argument("--llama-cpp-budget", type=float, default=140.0, help="its seconds of rounds")
     ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "matmul.json"))
     a = ap.parse_args()
 
@@ -466,6 +551,9 @@ def main() -> None:
     bw = mem["torch_copy_gbps"]
     print(f"copy bandwidth (read + write, 256 MiB copy_): {bw:.1f} GB/s")
     rows = linear_cases(shapes, batches, rounds, bw)
+    llama = None
+    if a.llama_cpp:
+        llama = llama_cpp_section(a.llama_cpp, shapes, batches, rows, a.llama_cpp_budget)
     cold = None
     if a.cold:
         print(f"cold weights (rotated through >= 4x the {llc_bytes() >> 20} MiB last-level cache):")
@@ -499,6 +587,27 @@ def main() -> None:
             f"fastest rounds: x{c['speedup_vs_best_dense_min']:.2f}, "
             f"{c['pct_of_copy_bandwidth_min']:.0f}%"
         )
+    if llama is not None:
+        key4 = next(
+            (
+                c
+                for c in llama["compared"]
+                if (c["out"], c["in"], c["batch"], c["llama_type"]) == (4096, 4096, 1, "q4_0")
+            ),
+            None,
+        )
+        if key4 is not None:
+            summary["int4_4096x4096_b1_exact_over_llama_q4_0"] = key4["exact_over_llama"]
+            summary["int4_4096x4096_b1_a8_over_llama_q4_0"] = key4.get("a8_over_llama")
+            summary["target_within_1_5x_llama_q4_0_met_exact"] = key4["exact_over_llama"] <= 1.5
+            summary["target_within_1_5x_llama_q4_0_met_a8"] = (
+                key4.get("a8_over_llama") or 9
+            ) <= 1.5
+            print(
+                f"4-bit 4096x4096 batch 1 against llama.cpp q4_0 ({key4['llama_s'] * 1e3:.3f} ms): "
+                f"exact x{key4['exact_over_llama']:.2f}, int8-x x{key4.get('a8_over_llama', float('nan')):.2f} "
+                "of its time (target <= 1.5)"
+            )
     if cold:
         c = cold[0]["bits"]["4"]
         summary["cold_int4_4096x4096_b1"] = {
@@ -531,7 +640,9 @@ def main() -> None:
         "cases": rows,
         "cold": cold,
         "decode": decode,
-        "llama_cpp": "not compared: no llama.cpp build on this machine (see benchmarks/README.md)",
+        "llama_cpp": llama
+        if llama is not None
+        else "not run (pass --llama-cpp BIN; benchmarks/bench_llama_cpp.sh builds it)",
         "summary": summary,
     }
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
