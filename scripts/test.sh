@@ -12,7 +12,7 @@ export PATH="$PWD/.venv/bin:$PATH"
 jobs=$(nproc 2>/dev/null || echo 2)
 
 echo "== format and lint"
-mapfile -t cxx < <(find cpp tests_cpp -name '*.cpp' -o -name '*.hpp' -o -name '*.cu' -o -name '*.h' | sort)
+mapfile -t cxx < <(find cpp tests_cpp benchmarks/llama_cpp -name '*.cpp' -o -name '*.hpp' -o -name '*.cu' -o -name '*.h' | sort)
 clang-format --dry-run -Werror "${cxx[@]}"
 ruff check python tests_py benchmarks
 ruff format --check python tests_py benchmarks
