@@ -224,7 +224,45 @@ class PackedLinear(nn.Module):
         return None
 
     def forward(self, x):
-        self.check()
+        # The decode hot path (hundreds of calls per token): buffers and settings read
+        # straight from __dict__ (nn.Module.__getattr__ costs ~1 us per lookup), the
+        # buffer check only when a buffer object changed, the fused CPU op directly.
+        d = self.__dict__
+        b = d["_buffers"]
+        q, s = b.get("qweight"), b.get("scales")
+        z = b["zeros"] if "zeros" in b else d.get("zeros")
+        c = d.get("_checked")
+        if (
+            c is None
+            or c[0]() is not q
+            or c[1]() is not s
+            or (c[2] is None) != (z is None)
+            or (z is not None and c[2]() is not z)
+        ):
+            self.check()
+        if (
+            _features is not None
+            and _features[0]
+            and x.device.type == "cpu"
+            and x.dtype in _FUSED_DTYPES
+            and not (x.requires_grad and torch.is_grad_enabled())
+        ):
+            a8 = d.get("activations") == "int8"
+            op = torch.ops.empas.packed_linear_a8 if a8 else torch.ops.empas.packed_linear
+            return op(
+                x,
+                q,
+                s,
+                z,
+                b["bias"] if "bias" in b else d.get("bias"),
+                d["bits"],
+                d["out_features"],
+                d["in_features"],
+                d["group_size"],
+            )
+        return self._forward_checked(x)
+
+    def _forward_checked(self, x):
         reason = self._fallback_reason(x)
         if reason is None:
             # int8 activations: the CPU kernel (decode rows; prefill stays exact). On
