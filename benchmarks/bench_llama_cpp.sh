@@ -66,20 +66,9 @@ T0=$(date +%s)
 log() { printf '[%4ds] %s\n' "$(( $(date +%s) - T0 ))" "$*" >&2; }
 
 # -- 1. llama.cpp sources ---------------------------------------------------------------
-SDIST="llama_cpp_python-$LLCPP_PY_VERSION.tar.gz"
-SRC="$WORK/llama_cpp_python-$LLCPP_PY_VERSION/vendor/llama.cpp"
-if [ ! -f "$SDIST" ]; then
-    log "downloading llama-cpp-python==$LLCPP_PY_VERSION sdist"
-    $NICE "$PY" -m pip download "llama-cpp-python==$LLCPP_PY_VERSION" --no-deps \
-        --no-binary llama-cpp-python -d "$WORK" -q
-fi
-if [ ! -f "$SRC/CMakeLists.txt" ]; then
-    log "extracting $SDIST"
-    $NICE tar xzf "$SDIST"
-fi
-LLCPP_COMMIT="$(grep -m1 -o 'llama.cpp@[0-9a-f]*' "$WORK/llama_cpp_python-$LLCPP_PY_VERSION/CHANGELOG.md" || echo 'llama.cpp@unknown')"
-GGML_VERSION="$(sed -n 's/^set(GGML_VERSION_\(MAJOR\|MINOR\|PATCH\) \([0-9]*\))/\2/p' "$SRC/ggml/CMakeLists.txt" | paste -sd.)"
-log "llama.cpp: $LLCPP_COMMIT (vendored by llama-cpp-python $LLCPP_PY_VERSION), ggml $GGML_VERSION"
+# shellcheck source=benchmarks/llama_cpp/sources.sh
+source "$HERE/llama_cpp/sources.sh"
+llama_cpp_sources
 
 # -- 2. ggml (CPU) ----------------------------------------------------------------------
 BUILD="$WORK/build-bench"

@@ -1,5 +1,8 @@
-// Helpers shared by the kernel test binaries (test_kernels, test_pack).
+// Helpers shared by the kernel test binaries (test_kernels, test_pack,
+// test_packed_matmul, test_packed_matmul_a8).
 #pragma once
+
+#include <gtest/gtest.h>
 
 #include <cstddef>
 #include <cstdint>
@@ -7,6 +10,7 @@
 #include <vector>
 
 #include "empas/kernels/fake_quant.hpp"
+#include "empas/kernels/pack.hpp"
 
 namespace empas::kernels::test_util {
 
@@ -30,6 +34,48 @@ inline std::vector<float> random_weights(size_t n, uint32_t seed, bool mirror_la
   for (size_t i = 0; i < n; i += 97) w[i] *= 8.0f;
   if (mirror_last && n > 1) w[n - 1] = -w[0];
   return w;
+}
+
+/// A packed weight and what it dequantizes to.
+struct PackCase {
+  int64_t out, in;
+  int bits;
+  int64_t g;
+  bool sym;
+};
+
+struct Packed {
+  std::vector<uint8_t> q;
+  std::vector<Half> s;
+  std::vector<uint8_t> z;
+  std::vector<float> w;  // dequant_cpu of the packed weight (fp32)
+};
+
+/// random_weights(out * in, seed) packed with quantize_pack_cpu, and dequantized.
+inline Packed make_packed(const PackCase& c, uint32_t seed) {
+  Packed pk;
+  const auto w = random_weights(static_cast<size_t>(c.out * c.in), seed);
+  const int64_t ng = num_groups(c.in, c.g);
+  pk.q.assign(packed_bytes(c.out, c.in, c.bits), 0);
+  pk.s.assign(c.out * ng, Half{0});
+  pk.z.assign(c.sym ? 0 : c.out * ng, 0);
+  EXPECT_EQ(quantize_pack_cpu(w.data(), DType::kFloat32, c.out, c.in, params(c.bits, c.g, c.sym), pk.q.data(),
+                              pk.s.data(), c.sym ? nullptr : pk.z.data()),
+            Status::kOk);
+  pk.w.assign(c.out * c.in, 0.0f);
+  EXPECT_EQ(dequant_cpu(pk.q.data(), pk.s.data(), c.sym ? nullptr : pk.z.data(), c.out, c.in, c.bits, c.g,
+                        DType::kFloat32, pk.w.data(), 1),
+            Status::kOk);
+  return pk;
+}
+
+/// n values ~ N(0, 1).
+inline std::vector<float> random_x(int64_t n, uint32_t seed) {
+  std::mt19937 gen(seed);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> x(n);
+  for (auto& v : x) v = nd(gen);
+  return x;
 }
 
 }  // namespace empas::kernels::test_util

@@ -25,44 +25,10 @@ namespace {
 
 using test_util::params;
 
-struct Case {
-  int64_t out, in;
-  int bits;
-  int64_t g;
-  bool sym;
-};
-
-struct Packed {
-  std::vector<uint8_t> q;
-  std::vector<Half> s;
-  std::vector<uint8_t> z;
-  std::vector<float> w;  // dequant_cpu of the packed weight (fp32)
-};
-
-Packed make_packed(const Case& c, uint32_t seed) {
-  Packed pk;
-  const auto w = test_util::random_weights(static_cast<size_t>(c.out * c.in), seed);
-  const int64_t ng = num_groups(c.in, c.g);
-  pk.q.assign(packed_bytes(c.out, c.in, c.bits), 0);
-  pk.s.assign(c.out * ng, Half{0});
-  pk.z.assign(c.sym ? 0 : c.out * ng, 0);
-  EXPECT_EQ(quantize_pack_cpu(w.data(), DType::kFloat32, c.out, c.in, params(c.bits, c.g, c.sym), pk.q.data(),
-                              pk.s.data(), c.sym ? nullptr : pk.z.data()),
-            Status::kOk);
-  pk.w.assign(c.out * c.in, 0.0f);
-  EXPECT_EQ(dequant_cpu(pk.q.data(), pk.s.data(), c.sym ? nullptr : pk.z.data(), c.out, c.in, c.bits, c.g,
-                        DType::kFloat32, pk.w.data(), 1),
-            Status::kOk);
-  return pk;
-}
-
-std::vector<float> random_x(int64_t n, uint32_t seed) {
-  std::mt19937 gen(seed);
-  std::normal_distribution<float> nd(0.0f, 1.0f);
-  std::vector<float> x(n);
-  for (auto& v : x) v = nd(gen);
-  return x;
-}
+using Case = test_util::PackCase;
+using test_util::make_packed;
+using test_util::Packed;
+using test_util::random_x;
 
 std::vector<float> run(const Packed& pk, const Case& c, const std::vector<float>& x, int64_t m,
                        const float* bias, int threads) {
