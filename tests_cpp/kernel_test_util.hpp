@@ -36,6 +36,16 @@ inline std::vector<float> random_weights(size_t n, uint32_t seed, bool mirror_la
   return w;
 }
 
+/// A fixture parameterized by an ISA name: the test runs with set_cpu_isa(name)
+/// (skipped where the CPU lacks it) and puts "auto" back after.
+class OnIsa : public ::testing::TestWithParam<const char*> {
+ protected:
+  void SetUp() override {
+    if (!set_cpu_isa(GetParam())) GTEST_SKIP() << GetParam() << " is not supported by this CPU";
+  }
+  void TearDown() override { set_cpu_isa("auto"); }
+};
+
 /// A packed weight and what it dequantizes to.
 struct PackCase {
   int64_t out, in;

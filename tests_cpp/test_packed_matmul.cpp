@@ -62,13 +62,7 @@ double worst(const Packed& pk, const Case& c, const std::vector<float>& x, int64
   return r;
 }
 
-class PackedMatmulIsa : public ::testing::TestWithParam<const char*> {
- protected:
-  void SetUp() override {
-    if (!set_cpu_isa(GetParam())) GTEST_SKIP() << GetParam() << " is not supported by this CPU";
-  }
-  void TearDown() override { set_cpu_isa("auto"); }
-};
+class PackedMatmulIsa : public test_util::OnIsa {};
 
 TEST_P(PackedMatmulIsa, MatchesFp64Reference) {
   const int64_t shapes[][2] = {{1, 1},   {3, 7},  {5, 100}, {17, 64}, {33, 256},

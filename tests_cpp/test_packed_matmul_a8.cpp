@@ -99,13 +99,7 @@ Err worst(const Packed& pk, const Case& c, const std::vector<float>& x, int64_t 
   return r;
 }
 
-class A8Isa : public ::testing::TestWithParam<const char*> {
- protected:
-  void SetUp() override {
-    if (!set_cpu_isa(GetParam())) GTEST_SKIP() << GetParam() << " is not supported by this CPU";
-  }
-  void TearDown() override { set_cpu_isa("auto"); }
-};
+class A8Isa : public test_util::OnIsa {};
 
 TEST_P(A8Isa, MatchesReferenceWithinBounds) {
   const int64_t shapes[][2] = {{1, 128}, {7, 256}, {33, 384}, {5, 512}, {16, 1024}};
