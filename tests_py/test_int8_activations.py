@@ -144,6 +144,25 @@ def test_threads_and_simd_paths_agree_bit_for_bit():
     assert torch.equal(y1, yb)
 
 
+def test_op_errors_name_the_op():
+    pw, _ = packed(8, 128, 4, 64, False, 4)
+    x = torch.randn(1, 128)
+    op = ops.packed_linear_a8
+    with pytest.raises(RuntimeError, match=r"empas::packed_linear_a8: .*qweight has 511 bytes"):
+        op(x, pw.qweight[:-1], pw.scales, pw.zeros, None, 4, 8, 128, 64)
+    with pytest.raises(
+        RuntimeError, match=r"packed_linear_a8: .*x must have shape \[\.\.\., 128\]"
+    ):
+        op(torch.randn(1, 127), pw.qweight, pw.scales, pw.zeros, None, 4, 8, 128, 64)
+    with pytest.raises(RuntimeError, match="x must be float32, float16 or bfloat16"):
+        op(x.double(), pw.qweight, pw.scales, pw.zeros, None, 4, 8, 128, 64)
+    with pytest.raises(RuntimeError, match="bits must be in 2..8"):
+        op(x, pw.qweight, pw.scales, pw.zeros, None, 1, 8, 128, 64)
+    with pytest.raises(RuntimeError, match=r"empas::packed_linear_a8: .*x must have shape"):
+        op(torch.empty(1, 127, device="meta"), pw.qweight.to("meta"), pw.scales.to("meta"),
+           pw.zeros.to("meta"), None, 4, 8, 128, 64)  # fmt: skip
+
+
 def test_meta_and_opcheck():
     pw, _ = packed(24, 128, 4, 64, True, 7)
     x = torch.empty(2, 5, 128, device="meta")

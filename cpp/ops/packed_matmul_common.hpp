@@ -17,12 +17,12 @@ constexpr const char* kPackedLinearOp = "empas::packed_linear";
 
 /// Checks what every implementation (Meta included) must reject: the packed
 /// weight as dequant does, x ([..., in], float32/float16/bfloat16) and bias
-/// ([out], floating).
+/// ([out], floating). Errors name op (the op being called).
 inline void check_packed_linear_args(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
                                      const std::optional<at::Tensor>& zeros,
                                      const std::optional<at::Tensor>& bias, int64_t bits,
-                                     int64_t out_features, int64_t in_features, int64_t group_size) {
-  const char* op = kPackedLinearOp;
+                                     int64_t out_features, int64_t in_features, int64_t group_size,
+                                     const char* op = kPackedLinearOp) {
   check_dequant_args(qweight, scales, zeros, bits, out_features, in_features, group_size, at::kFloat, op);
   const auto t = x.scalar_type();
   TORCH_CHECK(t == at::kFloat || t == at::kHalf || t == at::kBFloat16, op,

@@ -36,6 +36,7 @@
 namespace empas::ops {
 namespace {
 
+constexpr const char* kPackedLinearA8Op = "empas::packed_linear_a8";
 constexpr int64_t kDecodeRows = 8;                // rows of x up to which the fused kernel runs
 constexpr int64_t kTileBytes = int64_t{1} << 23;  // fp32 bytes of W per prefill tile (8 MiB)
 constexpr int64_t kTileMinRows = 1024;            // ... but at least this many rows: narrow GEMMs are slow
@@ -44,7 +45,7 @@ at::Tensor packed_linear_impl(const char* op, bool int8_activations, const at::T
                               const at::Tensor& qweight, const at::Tensor& scales,
                               const std::optional<at::Tensor>& zeros, const std::optional<at::Tensor>& bias,
                               int64_t bits, int64_t out_features, int64_t in_features, int64_t group_size) {
-  check_packed_linear_args(x, qweight, scales, zeros, bias, bits, out_features, in_features, group_size);
+  check_packed_linear_args(x, qweight, scales, zeros, bias, bits, out_features, in_features, group_size, op);
   TORCH_CHECK(qweight.device().is_cpu(), op, ": expected CPU tensors, got ", qweight.device());
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
   shape.back() = out_features;
@@ -106,15 +107,31 @@ at::Tensor packed_linear_cpu(const at::Tensor& x, const at::Tensor& qweight, con
 at::Tensor packed_linear_a8_cpu(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
                                 const std::optional<at::Tensor>& zeros, const std::optional<at::Tensor>& bias,
                                 int64_t bits, int64_t out_features, int64_t in_features, int64_t group_size) {
-  return packed_linear_impl("empas::packed_linear_a8", true, x, qweight, scales, zeros, bias, bits,
-                            out_features, in_features, group_size);
+  return packed_linear_impl(kPackedLinearA8Op, true, x, qweight, scales, zeros, bias, bits, out_features,
+                            in_features, group_size);
+}
+
+at::Tensor packed_linear_meta_impl(const char* op, const at::Tensor& x, const at::Tensor& qweight,
+                                   const at::Tensor& scales, const std::optional<at::Tensor>& zeros,
+                                   const std::optional<at::Tensor>& bias, int64_t bits, int64_t out_features,
+                                   int64_t in_features, int64_t group_size) {
+  check_packed_linear_args(x, qweight, scales, zeros, bias, bits, out_features, in_features, group_size, op);
+  return at::empty_symint(packed_linear_out_shape(x, out_features), x.options());
 }
 
 at::Tensor packed_linear_meta(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
                               const std::optional<at::Tensor>& zeros, const std::optional<at::Tensor>& bias,
                               int64_t bits, int64_t out_features, int64_t in_features, int64_t group_size) {
-  check_packed_linear_args(x, qweight, scales, zeros, bias, bits, out_features, in_features, group_size);
-  return at::empty_symint(packed_linear_out_shape(x, out_features), x.options());
+  return packed_linear_meta_impl(kPackedLinearOp, x, qweight, scales, zeros, bias, bits, out_features,
+                                 in_features, group_size);
+}
+
+at::Tensor packed_linear_a8_meta(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
+                                 const std::optional<at::Tensor>& zeros,
+                                 const std::optional<at::Tensor>& bias, int64_t bits, int64_t out_features,
+                                 int64_t in_features, int64_t group_size) {
+  return packed_linear_meta_impl(kPackedLinearA8Op, x, qweight, scales, zeros, bias, bits, out_features,
+                                 in_features, group_size);
 }
 
 bool set_cpu_isa(const std::string& isa) { return kernels::set_cpu_isa(isa.c_str()); }
@@ -143,7 +160,7 @@ TORCH_LIBRARY_IMPL(empas, CPU, m) {
 
 TORCH_LIBRARY_IMPL(empas, Meta, m) {
   m.impl("packed_linear", &packed_linear_meta);
-  m.impl("packed_linear_a8", &packed_linear_meta);
+  m.impl("packed_linear_a8", &packed_linear_a8_meta);
 }
 
 }  // namespace empas::ops
