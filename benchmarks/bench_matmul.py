@@ -203,6 +203,14 @@ def print_row(r: dict) -> None:
 LLAMA_PAIRS = {"q4_0": "4", "q4_K": "4", "q8_0": "8"}  # llama.cpp type -> our bit width
 
 
+def llama_cpp_check(binary: str) -> None:
+    if not (os.path.isfile(binary) and os.access(binary, os.X_OK)):
+        raise SystemExit(
+            f"--llama-cpp: {binary} is not an executable file; build it with "
+            "benchmarks/bench_llama_cpp.sh (it writes WORKDIR/bench-bin/ggml_mul_mat_bench)"
+        )
+
+
 def llama_cpp_section(binary: str, shapes, batches, rows: list[dict], budget_s: float) -> dict:
     """Runs benchmarks/llama_cpp/ggml_mul_mat_bench (built by bench_llama_cpp.sh) on
     the same shapes and batches, right after our cases, and sets each of our cases
@@ -210,6 +218,7 @@ def llama_cpp_section(binary: str, shapes, batches, rows: list[dict], budget_s: 
     (issue 17's target: within 1.5x of q4_0 at 4096x4096, batch 1)."""
     import subprocess
 
+    llama_cpp_check(binary)
     cmd = [
         binary,
         "--threads",
@@ -531,6 +540,8 @@ def main() -> None:
     rounds = a.rounds or (5 if a.quick else 9)
     shapes = QUICK_SHAPES if a.quick else SHAPES
     batches = (1, 4) if a.quick else (1, 4, 512)
+    if a.llama_cpp:  # before the ~10 min of our cases, not after them
+        llama_cpp_check(a.llama_cpp)
     load_ops()
     info = empas.build_info()
     machine = {
