@@ -73,6 +73,7 @@ SHAPES = [(576, 576), (1536, 576), (576, 1536), (4096, 4096), (11008, 4096), (40
 QUICK_SHAPES = [(576, 576), (1536, 576), (4096, 4096)]
 BITS = (2, 3, 4, 8)
 DENSE = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DENSE_BYTES = {k: torch.finfo(dt).bits // 8 for k, dt in DENSE.items()}
 GROUP = 128
 
 
@@ -379,9 +380,6 @@ def cold_cases(rounds: int, bandwidth: float) -> list[dict]:
             )
         rows.append(row)
     return rows
-
-
-DENSE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 
 
 # ---- end-to-end decode ---------------------------------------------------------
