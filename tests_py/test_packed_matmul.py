@@ -312,3 +312,16 @@ def test_cuda_matches_cpu(dtype):
             assert torch.allclose(
                 y.cpu().float(), y_cpu.float(), rtol=4 * max(eps, 1e-6), atol=1e-4
             )
+
+
+def test_zeros_set_on_a_validated_symmetric_module_is_a_format_error():
+    # once validated (weak reference to "no zeros"), a zeros tensor put on a symmetric
+    # module used to reach a None weak reference (TypeError) instead of the check
+    m = linear(sym=True)
+    x = torch.randn(1, 96)
+    m(x)
+    m.zeros = torch.zeros(32, 3, dtype=torch.uint8)
+    with pytest.raises(FormatError, match=r"zeros \(32, 3\) given for a symmetric weight"):
+        m(x)
+    with pytest.raises(FormatError, match="given for a symmetric weight"):
+        m.check()

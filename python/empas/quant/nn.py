@@ -92,6 +92,17 @@ def _ops_features() -> tuple[bool, bool]:
 _features: tuple[bool, bool] | None = None
 
 
+def _validated(c, q, s, z) -> bool:
+    """Whether the weak references c (PackedLinear._checked) still point at these
+    exact buffers, so that check() has nothing to do."""
+    return (
+        c is not None
+        and c[0]() is q
+        and c[1]() is s
+        and (c[2] is None if z is None else c[2] is not None and c[2]() is z)
+    )
+
+
 class PackedLinear(nn.Module):
     """A linear layer stored as packed ``bits``-bit codes plus fp16 group scales
     (and uint8 zero points when asymmetric). ``forward`` runs the fused op
@@ -148,13 +159,7 @@ class PackedLinear(nn.Module):
         fit its shape: ``qweight`` not ``ceil(out * in * bits / 8)`` uint8 bytes,
         ``scales``/``zeros`` not ``[out, n_groups]`` fp16/uint8."""
         q, s, z = self.qweight, self.scales, self.zeros
-        c = self._checked
-        if (
-            c is not None
-            and c[0]() is q
-            and c[1]() is s
-            and (c[2] is None if z is None else c[2]() is z)
-        ):
+        if _validated(self._checked, q, s, z):
             return
         bad = None
         want = (self.out_features, self.n_groups)
@@ -231,14 +236,7 @@ class PackedLinear(nn.Module):
         b = d["_buffers"]
         q, s = b.get("qweight"), b.get("scales")
         z = b["zeros"] if "zeros" in b else d.get("zeros")
-        c = d.get("_checked")
-        if (
-            c is None
-            or c[0]() is not q
-            or c[1]() is not s
-            or (c[2] is None) != (z is None)
-            or (z is not None and c[2]() is not z)
-        ):
+        if not _validated(d.get("_checked"), q, s, z):
             self.check()
         if (
             _features is not None
