@@ -9,8 +9,12 @@ that stores the packed integer codes (a bit stream of ``ceil(rows * cols * bits 
 8)`` bytes), fp16 scales (and uint8 zero points for asymmetric plans) and
 multiplies straight from the codes on each forward with the fused C++ op
 ``empas::packed_linear`` (CPU and CUDA; on the CPU the weight is never dequantized whole);
-16-bit units become an ``empas.nn.HalfLinear`` holding an fp16 weight. The model's
-weights then take exactly the plan's predicted bytes.
+16-bit units become an ``empas.nn.HalfLinear`` holding an fp16 weight. An
+embedding unit becomes an ``empas.nn.PackedEmbedding`` (``HalfEmbedding`` at 16
+bits) that dequantizes only the looked-up rows; a head tied to it (one tensor, as
+the profile counts it) becomes a ``PackedLinear`` sharing its buffers, so the pair
+is stored once and the head runs the fused kernel. The model's weights then take
+exactly the plan's predicted bytes.
 
 Both modes drop the blocks planned at 0 bits (an ``empas.nn.DroppedBlock`` returns its
 input). Fake and packed outputs agree bit for bit in the weights: dequantizing
@@ -34,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import FormatError, PlanMismatchError
-from ..models.structure import Member, distinct, find_blocks, quantizable
+from ..models.structure import Member, distinct, find_blocks, quantizable, tensor_key
 from ..plan import Plan, as_plan
 from .config import QuantConfig
 
@@ -290,21 +294,25 @@ def _apply(
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     qs = QuantConfig.from_json(plan.quantizer, clip_search)
     targets = resolve(model, plan, allow_partial)
-    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    emb_w = getattr(emb, "weight", None)
+    tie = _tied_pair(model)
+    tied_bits: dict[int, tuple[str, int]] = {}  # tensor key -> (unit, bits)
     for t in targets:
         _check_bits(t.unit, t.bits)
         for m in t.members:
-            if mode == "packed" and t.bits != 0:
-                if m.kind == "embedding":
-                    raise FormatError(
-                        f"unit {t.unit!r}: packed mode stores linear layers; {m.name!r} is an "
-                        "embedding (use mode='fake')"
+            if t.bits != 0 and tie is not None and m.module in (tie[1], tie[3]):
+                key = tensor_key(m.weight)
+                if key in tied_bits and tied_bits[key][1] != t.bits:
+                    u, b = tied_bits[key]
+                    raise PlanMismatchError(
+                        f"units {u!r} ({b} bits) and {t.unit!r} ({t.bits} bits) share one tied "
+                        f"tensor ({tie[0]!r} and {tie[2]!r}): it can have one precision"
                     )
-                if emb_w is not None and m.weight is emb_w and m.kind != "embedding":
+                tied_bits[key] = (t.unit, t.bits)
+            if mode == "packed" and t.bits != 0 and m.kind == "embedding":
+                w = m.weight
+                if w.dim() != 2 or not w.dtype.is_floating_point:
                     raise FormatError(
-                        f"unit {t.unit!r}: {m.name!r} shares its weight with another module "
-                        "(tied embeddings); packed mode cannot split it (use mode='fake')"
+                        f"unit {t.unit!r}: {m.name!r} is not a 2-D floating-point embedding table"
                     )
             if t.bits not in (0, 16) and not bool(torch.isfinite(m.weight).all()):
                 raise ValueError(f"unit {t.unit!r}: {m.name!r} weight contains NaN or Inf")
@@ -312,6 +320,7 @@ def _apply(
 
     try:
         with torch.no_grad():
+            packed: set[int] = set()  # tensor keys already packed (a tied pair once)
             for t in targets:
                 if t.bits == 0:
                     prefix, idx = t.block
@@ -319,13 +328,84 @@ def _apply(
                     continue
                 if mode == "fake":
                     quantize_members(t.members, t.bits, qs, undo)
-                else:
-                    for m in distinct(t.members):
+                    continue
+                for m in distinct(t.members):
+                    key = tensor_key(m.weight)
+                    if key in packed:
+                        continue
+                    packed.add(key)
+                    if tie is not None and m.module in (tie[1], tie[3]):
+                        pack_tied(model, tie, t.bits, qs, undo)
+                    elif m.kind == "embedding":
+                        pack_embedding(model, m, t.bits, qs, undo)
+                    else:
                         pack_member(model, m, t.bits, qs, undo)
     except BaseException:
         if undo is not None:
             undo.restore()
         raise
+
+
+def _tied_pair(model) -> tuple[str, Any, str, Any] | None:
+    """(embedding name, embedding, head name, head) when the input embedding and
+    the output head share one weight tensor, else None."""
+    get_in = getattr(model, "get_input_embeddings", None)
+    get_out = getattr(model, "get_output_embeddings", None)
+    if get_in is None or get_out is None:
+        return None
+    try:
+        emb, head = get_in(), get_out()
+    except (AttributeError, NotImplementedError):
+        return None
+    w = getattr(emb, "weight", None)
+    if w is None or head is None or getattr(head, "weight", None) is not w:
+        return None
+    names = {id(mod): name for name, mod in model.named_modules()}
+    if id(emb) not in names or id(head) not in names:
+        return None
+    return names[id(emb)], emb, names[id(head)], head
+
+
+def pack_embedding(model, m, bits: int, qs: QuantConfig, undo: Undo | None) -> None:
+    """Replaces the embedding member ``m`` by a PackedEmbedding (2..8 bits) or a
+    HalfEmbedding (16), recording the change in ``undo``."""
+    replace_module(model, m.name, _embedding_at(m.weight.data, bits, qs), undo)
+
+
+def _embedding_at(w, bits: int, qs: QuantConfig):
+    import torch
+
+    from .nn import HalfEmbedding, PackedEmbedding
+
+    if bits == 16:
+        e = HalfEmbedding(w.shape[0], w.shape[1], w.dtype)
+        e.weight = w.to(torch.float16).contiguous().clone()
+        return e
+    return PackedEmbedding.from_weight(w, bits, qs.group_size, qs.symmetric, qs.clip_search)
+
+
+def pack_tied(model, tie, bits: int, qs: QuantConfig, undo: Undo | None) -> None:
+    """Packs a tied input embedding and output head once: a PackedEmbedding (or
+    HalfEmbedding at 16 bits) and a PackedLinear (HalfLinear) that share its
+    buffers, so the tensor is stored once, as the profile counts it."""
+    from .nn import HalfLinear, PackedLinear
+
+    emb_name, emb, head_name, head = tie
+    e = _embedding_at(emb.weight.data, bits, qs)
+    bias = getattr(head, "bias", None)
+    bias = None if bias is None else bias.data
+    n, dim = e.num_embeddings, e.embedding_dim
+    bias_dtype = getattr(bias, "dtype", None)
+    if bits == 16:
+        h = HalfLinear(dim, n, bias is not None, bias_dtype)
+        h.weight = e.weight
+    else:
+        h = PackedLinear(dim, n, bits, qs.group_size, qs.symmetric, bias is not None, bias_dtype)
+        h.share_packed(e)
+    if bias is not None:
+        h.bias = bias.clone()
+    replace_module(model, emb_name, e, undo)
+    replace_module(model, head_name, h, undo)
 
 
 def pack_member(model, m, bits: int, qs: QuantConfig, undo: Undo | None) -> None:
@@ -364,15 +444,18 @@ def apply(
     ``mode="fake"``: weights are quantize-dequantized in place (same memory).
     ``mode="packed"``: quantized linears become ``empas.nn.PackedLinear`` (packed
     codes + fp16 scales, multiplied straight from the codes by the fused C++ op),
-    16-bit units ``empas.nn.HalfLinear``; the weights then take the plan's predicted bytes.
+    16-bit units ``empas.nn.HalfLinear``, embeddings ``empas.nn.PackedEmbedding``
+    (a tied head: a PackedLinear sharing its buffers); the weights then take the
+    plan's predicted bytes.
     Blocks planned at 0 bits are replaced by ``empas.nn.DroppedBlock`` in both modes.
     ``clip_search`` must match the profile's (``profile.meta["source"]``).
     ``activations="int8"`` (packed mode): the packed linears run the int8-activation
     CPU decode kernel (see ``empas.set_activations``).
 
-    Raises PlanMismatchError for a plan made for another model or one that lacks
-    units of its profile (unless ``allow_partial``), FormatError for formats the
-    quantizer does not know. Nothing is changed on error."""
+    Raises PlanMismatchError for a plan made for another model, one that lacks
+    units of its profile (unless ``allow_partial``) or one that gives a tied
+    embedding and head two precisions, FormatError for formats the quantizer does
+    not know. Nothing is changed on error."""
     plan = as_plan(plan)
     _check_activations(mode, activations)
     # Everything is validated (names, sizes, formats, finite weights) before the

@@ -6,8 +6,10 @@ A checkpoint is a directory:
   ``L`` is stored as ``L.qweight`` (uint8, the bit stream of
   ``ceil(out * in * bits / 8)`` bytes), ``L.scales`` (fp16 ``[out, n_groups]``),
   ``L.zeros`` (uint8 ``[out, n_groups]``, asymmetric only) and ``L.bias``; a 16-bit
-  unit as an fp16 ``L.weight``; every other tensor (embeddings, norms, head) at its
-  stored dtype. Tensors shared by several names (tied embeddings) are stored once.
+  unit as an fp16 ``L.weight``; a quantized embedding table the same way (``out``
+  = rows, kind ``packed_embedding``, or ``fp16_embedding``); every other tensor
+  (norms, an unquantized embedding or head) at its stored dtype. Tensors shared by
+  several names (a tied embedding and head, packed or not) are stored once.
 * ``config.json``: the HuggingFace config (plus tokenizer files when given).
 * ``empas_quantized.json`` (format ``empas.quantized/1``): the plan, the model
   class, every replaced module, the dropped blocks, the tied names, and the
@@ -41,17 +43,39 @@ FORMAT = "empas.quantized/1"
 
 
 def _is_applied(model) -> bool:
-    from .nn import DroppedBlock, HalfLinear, PackedLinear
+    from .nn import DroppedBlock, HalfEmbedding, HalfLinear, PackedEmbedding, PackedLinear
 
-    return any(isinstance(m, (PackedLinear, HalfLinear, DroppedBlock)) for m in model.modules())
+    kinds = (PackedLinear, HalfLinear, PackedEmbedding, HalfEmbedding, DroppedBlock)
+    return any(isinstance(m, kinds) for m in model.modules())
+
+
+def _dtype_name(dt) -> str:
+    return str(dt).replace("torch.", "")
 
 
 def _manifest_modules(model) -> tuple[dict[str, Any], list[str]]:
-    from .nn import DroppedBlock, HalfLinear, PackedLinear
+    from .nn import DroppedBlock, HalfEmbedding, HalfLinear, PackedEmbedding, PackedLinear
 
     mods, dropped = {}, []
     for name, m in model.named_modules():
-        if isinstance(m, PackedLinear):
+        if isinstance(m, PackedEmbedding):
+            mods[name] = {
+                "kind": "packed_embedding",
+                "bits": m.bits,
+                "group_size": m.group_size,
+                "symmetric": m.symmetric,
+                "in_features": m.embedding_dim,
+                "out_features": m.num_embeddings,
+                "dtype": _dtype_name(m.dtype),
+            }
+        elif isinstance(m, HalfEmbedding):
+            mods[name] = {
+                "kind": "fp16_embedding",
+                "in_features": m.embedding_dim,
+                "out_features": m.num_embeddings,
+                "dtype": _dtype_name(m.dtype),
+            }
+        elif isinstance(m, PackedLinear):
             mods[name] = {
                 "kind": "packed",
                 "bits": m.bits,
@@ -196,6 +220,7 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
 
 
 _BIAS_DTYPES = ("float16", "bfloat16", "float32", "float64")
+_KINDS = ("packed", "fp16", "packed_embedding", "fp16_embedding")
 
 
 def _validate_manifest(m: dict[str, Any], mf: Path) -> None:
@@ -223,17 +248,23 @@ def _validate_manifest(m: dict[str, Any], mf: Path) -> None:
         if not isinstance(spec, dict):
             raise bad(where, f"must be an object, got {type(spec).__name__}")
         kind = spec.get("kind")
-        if kind not in ("packed", "fp16"):
-            raise bad(f"{where}.kind", f"must be 'packed' or 'fp16', got {kind!r}")
+        if kind not in _KINDS:
+            raise bad(
+                f"{where}.kind", f"must be one of {', '.join(map(repr, _KINDS))}, got {kind!r}"
+            )
         need = ["in_features", "out_features"]
-        if kind == "packed":
+        if kind in ("packed", "packed_embedding"):
             need += ["bits", "group_size", "symmetric"]
+        if kind.endswith("_embedding"):
+            need += ["dtype"]
         for key in need:
             if key not in spec:
                 raise bad(where, f"is missing {key!r}")
         integer(spec["in_features"], f"{where}.in_features", 1)
         integer(spec["out_features"], f"{where}.out_features", 1)
-        if kind == "packed":
+        if "dtype" in need and spec["dtype"] not in _BIAS_DTYPES:
+            raise bad(f"{where}.dtype", f"must be one of {_BIAS_DTYPES}, got {spec['dtype']!r}")
+        if kind in ("packed", "packed_embedding"):
             integer(spec["bits"], f"{where}.bits", 2, 8)
             integer(spec["group_size"], f"{where}.group_size", 0)
             if not isinstance(spec["symmetric"], bool):
@@ -289,7 +320,15 @@ def load_quantized(
     from safetensors.torch import load_file
 
     from ..plan import Plan
-    from .nn import DroppedBlock, HalfLinear, PackedLinear, check_activations, set_activations
+    from .nn import (
+        DroppedBlock,
+        HalfEmbedding,
+        HalfLinear,
+        PackedEmbedding,
+        PackedLinear,
+        check_activations,
+        set_activations,
+    )
 
     check_activations(activations)
     path = Path(path)
@@ -344,6 +383,19 @@ def load_quantized(
                     spec.get("bias") is not None,
                     bias_dtype,
                 )
+            elif spec["kind"] == "packed_embedding":
+                new = PackedEmbedding(
+                    spec["out_features"],
+                    spec["in_features"],
+                    spec["bits"],
+                    spec["group_size"],
+                    spec["symmetric"],
+                    getattr(torch, spec["dtype"]),
+                )
+            elif spec["kind"] == "fp16_embedding":
+                new = HalfEmbedding(
+                    spec["out_features"], spec["in_features"], getattr(torch, spec["dtype"])
+                )
             else:
                 raise CheckpointError(f"{path}: module {name!r} has unknown kind {spec['kind']!r}")
         _swap(model, name, new)
@@ -374,7 +426,7 @@ def load_quantized(
     for alias, target in m["tied"].items():
         _set_tensor(model, alias, _get_tensor(model, target))
     for mod in model.modules():  # a corrupt packed tensor is an error naming its module
-        if isinstance(mod, PackedLinear):
+        if isinstance(mod, (PackedLinear, PackedEmbedding)):
             try:
                 mod.check()
             except FormatError as exc:

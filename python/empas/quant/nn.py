@@ -1,6 +1,8 @@
 """The modules a plan puts into a model: :class:`PackedLinear` (packed codes +
 fp16 scales, multiplied straight from the codes by the fused C++ op),
-:class:`HalfLinear` (fp16 storage) and :class:`DroppedBlock` (a removed block).
+:class:`HalfLinear` (fp16 storage), :class:`PackedEmbedding` /
+:class:`HalfEmbedding` (an embedding table, packed or fp16; a tied LM head shares
+its buffers) and :class:`DroppedBlock` (a removed block).
 Imports torch."""
 
 from __future__ import annotations
@@ -15,7 +17,15 @@ import torch.nn.functional as F
 from .._native import load_ops
 from ..errors import FormatError
 
-__all__ = ["ACTIVATIONS", "DroppedBlock", "HalfLinear", "PackedLinear", "set_activations"]
+__all__ = [
+    "ACTIVATIONS",
+    "DroppedBlock",
+    "HalfEmbedding",
+    "HalfLinear",
+    "PackedEmbedding",
+    "PackedLinear",
+    "set_activations",
+]
 
 #: How a PackedLinear treats its input in the CPU decode kernel: ``"exact"`` (fp32
 #: products, equal to dequant + matmul within fp32 rounding) or ``"int8"`` (x
@@ -103,27 +113,14 @@ def _validated(c, q, s, z) -> bool:
     )
 
 
-class PackedLinear(nn.Module):
-    """A linear layer stored as packed ``bits``-bit codes plus fp16 group scales
-    (and uint8 zero points when asymmetric). ``forward`` runs the fused op
-    ``torch.ops.empas.packed_linear`` (``x @ dequant(W)^T + bias`` straight from
-    the codes, fp32 arithmetic, the result in ``x``'s dtype) on CPU and CUDA for
-    float32/float16/bfloat16 inputs; anything else (another dtype or device,
-    autograd through ``x``) falls back to dequant + ``F.linear`` with a one-time
-    warning. Buffers: ``qweight`` uint8 ``[ceil(out * in * bits / 8)]``,
+class _PackedBuffers(nn.Module):
+    """The packed weight ``[out, in]`` shared by PackedLinear and PackedEmbedding:
+    ``qweight`` uint8 ``[ceil(out * in * bits / 8)]`` (the bit stream, row-major),
     ``scales`` fp16 ``[out, n_groups]``, ``zeros`` uint8 ``[out, n_groups]``
-    (asymmetric only), ``bias`` (if any). Buffers of the wrong size or dtype (a
-    corrupt packed tensor) raise FormatError naming the module."""
+    (asymmetric only); groups of ``group_size`` run along ``in``."""
 
     def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        bits: int,
-        group_size: int,
-        symmetric: bool,
-        bias: bool,
-        bias_dtype=None,
+        self, in_features: int, out_features: int, bits: int, group_size: int, symmetric: bool
     ):
         super().__init__()
         self.in_features, self.out_features = int(in_features), int(out_features)
@@ -137,20 +134,15 @@ class PackedLinear(nn.Module):
             self.zeros = None
         else:
             self.register_buffer("zeros", torch.empty(out_features, n_groups, dtype=torch.uint8))
-        if bias:
-            self.register_buffer("bias", torch.empty(out_features, dtype=bias_dtype))
-        else:
-            self.bias = None
         self.n_groups, self.nbytes = n_groups, nbytes
         self.module_name = ""  # the qualified name in its model, for error messages
-        self.activations = "exact"  # ACTIVATIONS; set_activations() changes it
         self._checked: tuple | None = None  # weak references to the buffers last validated
 
     def _describe(self) -> str:
         name = f" {self.module_name!r}" if self.module_name else ""
         kind = "sym" if self.symmetric else "asym"
         return (
-            f"PackedLinear{name} (out={self.out_features}, in={self.in_features}, "
+            f"{type(self).__name__}{name} (out={self.out_features}, in={self.in_features}, "
             f"bits={self.bits}, group_size={self.group_size}, {kind})"
         )
 
@@ -180,23 +172,30 @@ class PackedLinear(nn.Module):
         # weak references: a validated buffer that is replaced is not kept alive
         self._checked = (weakref.ref(q), weakref.ref(s), None if z is None else weakref.ref(z))
 
-    @classmethod
-    def from_weight(cls, w2d, bias, bits: int, group_size: int, symmetric: bool, clip_search: bool):
-        """Packs a 2-D ``[out, in]`` weight (the C++ op)."""
-        from .packing import pack
+    def _set_packed(self, pw) -> None:
+        self.qweight = pw.qweight
+        self.scales = pw.scales
+        if not self.symmetric:
+            self.zeros = pw.zeros
 
-        pw = pack(w2d, bits, group_size=group_size, symmetric=symmetric, clip_search=clip_search)
-        out, inn = (int(s) for s in w2d.shape)
-        m = cls(
-            inn, out, bits, group_size, symmetric, bias is not None, getattr(bias, "dtype", None)
-        )
-        m.qweight = pw.qweight
-        m.scales = pw.scales
-        if not symmetric:
-            m.zeros = pw.zeros
-        if bias is not None:
-            m.bias = bias.detach().clone()
-        return m
+    def share_packed(self, other: _PackedBuffers) -> None:
+        """Uses ``other``'s buffers (the same tensors: a tied embedding and head
+        stored once). Shapes must match."""
+        if (
+            other.out_features,
+            other.in_features,
+            other.bits,
+            other.group_size,
+            other.symmetric,
+        ) != (
+            self.out_features,
+            self.in_features,
+            self.bits,
+            self.group_size,
+            self.symmetric,
+        ):
+            raise FormatError(f"{self._describe()} cannot share the buffers of {other._describe()}")
+        self._set_packed(other)
 
     def weight_dequantized(self, dtype=None):
         """The weight ``[out, in]`` dequantized to ``dtype`` (default float32)."""
@@ -211,6 +210,51 @@ class PackedLinear(nn.Module):
             self.group_size,
             dtype if dtype is not None else torch.float32,
         )
+
+
+class PackedLinear(_PackedBuffers):
+    """A linear layer stored as packed ``bits``-bit codes plus fp16 group scales
+    (and uint8 zero points when asymmetric). ``forward`` runs the fused op
+    ``torch.ops.empas.packed_linear`` (``x @ dequant(W)^T + bias`` straight from
+    the codes, fp32 arithmetic, the result in ``x``'s dtype) on CPU and CUDA for
+    float32/float16/bfloat16 inputs; anything else (another dtype or device,
+    autograd through ``x``) falls back to dequant + ``F.linear`` with a one-time
+    warning. Buffers: ``qweight`` uint8 ``[ceil(out * in * bits / 8)]``,
+    ``scales`` fp16 ``[out, n_groups]``, ``zeros`` uint8 ``[out, n_groups]``
+    (asymmetric only), ``bias`` (if any). Buffers of the wrong size or dtype (a
+    corrupt packed tensor) raise FormatError naming the module."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bits: int,
+        group_size: int,
+        symmetric: bool,
+        bias: bool,
+        bias_dtype=None,
+    ):
+        super().__init__(in_features, out_features, bits, group_size, symmetric)
+        if bias:
+            self.register_buffer("bias", torch.empty(out_features, dtype=bias_dtype))
+        else:
+            self.bias = None
+        self.activations = "exact"  # ACTIVATIONS; set_activations() changes it
+
+    @classmethod
+    def from_weight(cls, w2d, bias, bits: int, group_size: int, symmetric: bool, clip_search: bool):
+        """Packs a 2-D ``[out, in]`` weight (the C++ op)."""
+        from .packing import pack
+
+        pw = pack(w2d, bits, group_size=group_size, symmetric=symmetric, clip_search=clip_search)
+        out, inn = (int(s) for s in w2d.shape)
+        m = cls(
+            inn, out, bits, group_size, symmetric, bias is not None, getattr(bias, "dtype", None)
+        )
+        m._set_packed(pw)
+        if bias is not None:
+            m.bias = bias.detach().clone()
+        return m
 
     def _fallback_reason(self, x) -> str | None:
         """Why the fused op cannot run on x (None: it can)."""
@@ -291,6 +335,100 @@ class PackedLinear(nn.Module):
             f"in={self.in_features}, out={self.out_features}, bits={self.bits}, "
             f"group_size={self.group_size}, {kind}{act}"
         )
+
+
+class PackedEmbedding(_PackedBuffers):
+    """An embedding table ``[num_embeddings, embedding_dim]`` stored as packed
+    ``bits``-bit codes plus fp16 group scales (groups along ``embedding_dim``: the
+    layout of a PackedLinear with ``out = num_embeddings``, ``in = embedding_dim``).
+    ``forward(ids)`` dequantizes only the looked-up rows (the C++ dequant op) and
+    returns them in ``dtype`` (the original table's). A tied LM head is a
+    PackedLinear that shares these buffers (stored once). Ids out of range raise
+    IndexError, as ``nn.Embedding``."""
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        bits: int,
+        group_size: int,
+        symmetric: bool,
+        dtype=torch.float32,
+    ):
+        super().__init__(embedding_dim, num_embeddings, bits, group_size, symmetric)
+        self.num_embeddings, self.embedding_dim = self.out_features, self.in_features
+        self.dtype = dtype
+        # rows start on a byte when in * bits is a multiple of 8: gather their bytes
+        row_bits = self.in_features * self.bits
+        self._row_bytes = row_bits // 8 if row_bits % 8 == 0 else None
+
+    @classmethod
+    def from_weight(cls, w2d, bits: int, group_size: int, symmetric: bool, clip_search: bool):
+        """Packs a 2-D ``[num_embeddings, embedding_dim]`` table (the C++ op); the
+        output dtype is the table's."""
+        from .packing import pack
+
+        pw = pack(w2d, bits, group_size=group_size, symmetric=symmetric, clip_search=clip_search)
+        n, dim = (int(s) for s in w2d.shape)
+        m = cls(n, dim, bits, group_size, symmetric, w2d.dtype)
+        m._set_packed(pw)
+        return m
+
+    def forward(self, ids):
+        self.check()
+        if ids.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"{self._describe()}: ids must be int64 or int32, got {ids.dtype}")
+        flat = ids.reshape(-1)
+        n = int(flat.numel())
+        dt = self.dtype if self.dtype in _FUSED_DTYPES else torch.float32
+        if n and (flat.min() < 0 or flat.max() >= self.num_embeddings):
+            raise IndexError(
+                f"{self._describe()}: ids must be in [0, {self.num_embeddings}), got "
+                f"[{int(flat.min())}, {int(flat.max())}]"
+            )
+        if self._row_bytes is None:  # rows not byte-aligned: dequantize all, then gather
+            rows = self.weight_dequantized(dt).index_select(0, flat)
+        else:
+            q = self.qweight.view(self.out_features, self._row_bytes).index_select(0, flat)
+            z = None if self.zeros is None else self.zeros.index_select(0, flat)
+            rows = load_ops().ops.empas.dequant(
+                q.reshape(-1),
+                self.scales.index_select(0, flat),
+                z,
+                self.bits,
+                n,
+                self.in_features,
+                self.group_size,
+                dt,
+            )
+        return rows.to(self.dtype).view(*ids.shape, self.in_features)
+
+    def extra_repr(self) -> str:
+        kind = "sym" if self.symmetric else "asym"
+        return (
+            f"{self.num_embeddings}, {self.embedding_dim}, bits={self.bits}, "
+            f"group_size={self.group_size}, {kind}, dtype={str(self.dtype).replace('torch.', '')}"
+        )
+
+
+class HalfEmbedding(nn.Module):
+    """An embedding table stored in fp16 (the plan's 16-bit choice); ``forward``
+    returns the rows in ``dtype`` (the original table's). A tied LM head is a
+    HalfLinear that shares the ``weight`` buffer."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, dtype=torch.float32):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = int(num_embeddings), int(embedding_dim)
+        self.dtype = dtype
+        self.register_buffer(
+            "weight", torch.empty(num_embeddings, embedding_dim, dtype=torch.float16)
+        )
+
+    def forward(self, ids):
+        return F.embedding(ids, self.weight).to(self.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, bits=16, dtype={str(self.dtype).replace('torch.', '')}"
 
 
 def check_activations(mode: str) -> str:
