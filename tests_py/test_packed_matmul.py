@@ -325,3 +325,28 @@ def test_zeros_set_on_a_validated_symmetric_module_is_a_format_error():
         m(x)
     with pytest.raises(FormatError, match="given for a symmetric weight"):
         m.check()
+
+
+def test_forward_follows_replaced_buffers_and_settings():
+    """forward binds the op's arguments once; a replaced buffer (another packed
+    weight, a new bias, a device move) or another activations mode must not reuse
+    the stale binding."""
+    a, b = linear(sym=False), linear(sym=False, seed=5)
+    x = torch.randn(1, 96)
+    ref = a(x)
+    a.qweight, a.scales, a.zeros = b.qweight, b.scales, b.zeros  # b's weight now
+    want = torch.ops.empas.packed_linear(x, b.qweight, b.scales, b.zeros, a.bias, 4, 32, 96, 32)
+    assert torch.equal(a(x), want) and not torch.equal(a(x), ref)
+    a.bias = torch.ones(32)
+    want = torch.ops.empas.packed_linear(x, b.qweight, b.scales, b.zeros, a.bias, 4, 32, 96, 32)
+    assert torch.equal(a(x), want)
+    a.activations = "int8"
+    assert torch.equal(
+        a(x),
+        torch.ops.empas.packed_linear_a8(x, b.qweight, b.scales, b.zeros, a.bias, 4, 32, 96, 32),
+    )
+    with pytest.raises(ValueError, match="activations must be one of exact, int8"):
+        a.activations = "int4"
+    a.qweight = a.qweight[:-1].clone()  # a corrupt replacement is still checked
+    with pytest.raises(FormatError, match="qweight is torch.uint8"):
+        a(x)

@@ -40,6 +40,7 @@ namespace {
 using namespace detail;
 
 constexpr int kMR = 4;                // rows of x per pass over a weight row
+constexpr int64_t kPrefetch = 2048;   // bytes of weights prefetched ahead of the reads (split path)
 constexpr float kMagic = 8388608.0f;  // 2^23: bits 0x4B000000 | u read as 2^23 + u for u < 2^23
 constexpr uint32_t kMagicBits = 0x4B000000u;
 
