@@ -1,7 +1,8 @@
 """Where one greedy decode step of SmolLM2-135M spends its time (torch.profiler,
 CPU): the packed linears' op, the dense tied head (``aten::mm``), and the rest,
-for packed int4 (rest bf16) with exact or int8 activations and for the dense bf16
-model. Explains why the end-to-end decode speedup of bench_matmul.py --decode is
+for packed int4 (rest bf16) with exact or int8 activations, with the tied
+embedding + head packed at 8 bits too (``+h8``: the head then runs the packed op)
+and for the dense bf16 model. Explains why the end-to-end decode speedup of bench_matmul.py --decode is
 smaller than the per-linear one.
 
     PYTHONPATH=python .venv/bin/python benchmarks/profile_decode.py   # ~1 min
@@ -70,26 +71,30 @@ def main() -> None:
     exact = packed_copy(dense, 4)
     a8 = packed_copy(dense, 4)
     empas.set_activations(a8, "int8")
+    h8 = packed_copy(dense, 4, 8)
+    empas.set_activations(h8, "int8")
     ids = tok("The history of the city begins in the", return_tensors="pt")["input_ids"]
     res = {}
     for name, m in (
         ("dense bf16", dense),
         ("packed int4 bf16", exact),
         ("packed int4 bf16 int8-x", a8),
+        ("packed int4+h8 bf16 int8-x", h8),
     ):
         res[name] = breakdown(m, ids, a.steps)
     print(
-        f"{'model':26} {'total':>8} {'packed':>8} {'aten::linear':>13} {'(mm)':>8} {'other':>8}  ms/step"
+        f"{'model':28} {'total':>8} {'packed':>8} {'aten::linear':>13} {'(mm)':>8} {'other':>8}  ms/step"
     )
     for k, r in res.items():
         print(
-            f"{k:26} {r['ms_per_step_total']:8.1f} {r['ms_per_step_packed_linears']:8.1f} "
+            f"{k:28} {r['ms_per_step_total']:8.1f} {r['ms_per_step_packed_linears']:8.1f} "
             f"{r['ms_per_step_aten_linear']:13.1f} {r['ms_per_step_aten_mm']:8.1f} "
             f"{r['ms_per_step_other']:8.1f}"
         )
     out = {
         "benchmark": "empas.profile_decode/1",
-        "model": "example:smollm2, bf16; packed = every decoder-block nn.Linear at 4 bits, g=128",
+        "model": "example:smollm2, bf16; packed = every decoder-block nn.Linear at 4 bits, "
+                 "g=128; +h8: the tied embedding + head at 8 bits",
         "machine": {"cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "loadavg": os.getloadavg(), "torch": torch.__version__},
         "results": res,

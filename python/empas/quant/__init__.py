@@ -1,7 +1,7 @@
 """Quantization: one :class:`QuantConfig` (:mod:`.config`), fake quantization
 (:mod:`.fake`, the C++ ops), real packed weights (:mod:`.packing`), the modules a
 plan puts into a model (:mod:`.nn`: ``PackedLinear``, ``HalfLinear``,
-``DroppedBlock``), applying a plan to a model (:mod:`.apply`) and packed
+``PackedEmbedding``, ``HalfEmbedding``, ``DroppedBlock``), applying a plan to a model (:mod:`.apply`) and packed
 checkpoints (:mod:`.checkpoint`). torch is imported on first use."""
 
 from __future__ import annotations
