@@ -350,3 +350,18 @@ def test_forward_follows_replaced_buffers_and_settings():
     a.qweight = a.qweight[:-1].clone()  # a corrupt replacement is still checked
     with pytest.raises(FormatError, match="qweight is torch.uint8"):
         a(x)
+
+
+def test_a_replaced_buffer_is_not_kept_alive():
+    """forward caches nothing strong: after a forward, the old packed weight that a
+    device move or an assignment replaces is freed (a strong cache of the op's
+    arguments once held every CPU weight of a model moved to CUDA)."""
+    import gc
+    import weakref
+
+    m, other = linear(), linear(seed=3)
+    m(torch.randn(1, 96))
+    old = weakref.ref(m.qweight)
+    m.qweight = other.qweight.clone()
+    gc.collect()
+    assert old() is None
