@@ -58,42 +58,24 @@ def _manifest_modules(model) -> tuple[dict[str, Any], list[str]]:
 
     mods, dropped = {}, []
     for name, m in model.named_modules():
-        if isinstance(m, PackedEmbedding):
-            mods[name] = {
-                "kind": "packed_embedding",
-                "bits": m.bits,
-                "group_size": m.group_size,
-                "symmetric": m.symmetric,
-                "in_features": m.embedding_dim,
-                "out_features": m.num_embeddings,
-                "dtype": _dtype_name(m.dtype),
-            }
-        elif isinstance(m, HalfEmbedding):
-            mods[name] = {
-                "kind": "fp16_embedding",
-                "in_features": m.embedding_dim,
-                "out_features": m.num_embeddings,
-                "dtype": _dtype_name(m.dtype),
-            }
-        elif isinstance(m, PackedLinear):
-            mods[name] = {
-                "kind": "packed",
-                "bits": m.bits,
-                "group_size": m.group_size,
-                "symmetric": m.symmetric,
-                "in_features": m.in_features,
-                "out_features": m.out_features,
-                "bias": None if m.bias is None else str(m.bias.dtype).replace("torch.", ""),
-            }
-        elif isinstance(m, HalfLinear):
-            mods[name] = {
-                "kind": "fp16",
-                "in_features": m.in_features,
-                "out_features": m.out_features,
-                "bias": None if m.bias is None else str(m.bias.dtype).replace("torch.", ""),
-            }
-        elif isinstance(m, DroppedBlock):
+        if isinstance(m, DroppedBlock):
             dropped.append(name)
+            continue
+        if isinstance(m, (PackedLinear, PackedEmbedding)):
+            spec = {"kind": "packed", "bits": m.bits, "group_size": m.group_size,
+                    "symmetric": m.symmetric}  # fmt: skip
+        elif isinstance(m, (HalfLinear, HalfEmbedding)):
+            spec = {"kind": "fp16"}
+        else:
+            continue
+        if isinstance(m, (PackedEmbedding, HalfEmbedding)):  # a table [rows, dim]
+            spec["kind"] += "_embedding"
+            spec.update(in_features=m.embedding_dim, out_features=m.num_embeddings)
+            spec["dtype"] = _dtype_name(m.dtype)
+        else:
+            spec.update(in_features=m.in_features, out_features=m.out_features)
+            spec["bias"] = None if m.bias is None else _dtype_name(m.bias.dtype)
+        mods[name] = spec
     return mods, dropped
 
 
