@@ -35,6 +35,7 @@
 #include "empas/kernels/packed_matmul.hpp"
 #include "f32_io.hpp"
 #include "group_quant.hpp"
+#include "lanes8.hpp"
 
 namespace empas::kernels {
 namespace {
@@ -64,25 +65,10 @@ struct A8Args {
 // the int32 lane sums of one chunk for MR rows of x --------------------------
 
 namespace base {
-struct V {
-  struct F {
-    float v[8];
-  };
+struct V : BaseF8 {
   struct I {
     int32_t v[8];
   };
-  static EMPAS_INLINE float h2f(Half h) { return fp16_to_float(h.bits); }
-  static EMPAS_INLINE F zero() { return F{}; }
-  static EMPAS_INLINE F set1(float s) {
-    F r;
-    for (int l = 0; l < 8; ++l) r.v[l] = s;
-    return r;
-  }
-  static EMPAS_INLINE F load_f(const float* p) {
-    F r;
-    for (int l = 0; l < 8; ++l) r.v[l] = p[l];
-    return r;
-  }
   static EMPAS_INLINE F fma_i(const I& a, const F& b, const F& c) {
     F r;
     for (int l = 0; l < 8; ++l) r.v[l] = std::fma(static_cast<float>(a.v[l]), b.v[l], c.v[l]);
@@ -92,14 +78,6 @@ struct V {
     F r;
     for (int l = 0; l < 8; ++l) r.v[l] = std::fma(a.v[l], b.v[l], c.v[l]);
     return r;
-  }
-  static EMPAS_INLINE F add(const F& a, const F& b) {
-    F r;
-    for (int l = 0; l < 8; ++l) r.v[l] = a.v[l] + b.v[l];
-    return r;
-  }
-  static EMPAS_INLINE float hsum(const F& a) {
-    return ((a.v[0] + a.v[4]) + (a.v[2] + a.v[6])) + ((a.v[1] + a.v[5]) + (a.v[3] + a.v[7]));
   }
   /// q in element order (lay_out(.., false)); p: the chunk's first byte.
   template <int B, int MR>
@@ -133,22 +111,9 @@ struct V {
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
 namespace avx2 {
-struct V {
-  using F = __m256;
+struct V : Avx2F8 {
   using I = __m256i;
-  /// F16C: exact, equal to fp16_to_float for every input.
-  static EMPAS_INLINE float h2f(Half h) { return _cvtsh_ss(h.bits); }
-  static EMPAS_INLINE F zero() { return _mm256_setzero_ps(); }
-  static EMPAS_INLINE F set1(float s) { return _mm256_set1_ps(s); }
-  static EMPAS_INLINE F load_f(const float* p) { return _mm256_loadu_ps(p); }
   static EMPAS_INLINE F fma_i(I a, F b, F c) { return _mm256_fmadd_ps(_mm256_cvtepi32_ps(a), b, c); }
-  static EMPAS_INLINE F fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
-  static EMPAS_INLINE F add(F a, F b) { return _mm256_add_ps(a, b); }
-  static EMPAS_INLINE float hsum(F a) {
-    const __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));  // l + l+4
-    const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));  // (0+4)+(2+6), (1+5)+(3+7)
-    return _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)));
-  }
   static EMPAS_INLINE __m256i load(const void* p) {
     return _mm256_loadu_si256(static_cast<const __m256i*>(p));
   }

@@ -33,6 +33,7 @@
 #include "empas/kernels/packed_matmul.hpp"
 #include "f32_io.hpp"
 #include "group_quant.hpp"
+#include "lanes8.hpp"
 
 namespace empas::kernels {
 namespace {
@@ -93,31 +94,11 @@ EMPAS_INLINE void unpack_codes(const uint8_t* __restrict qw, int64_t e0, int64_t
 
 /// Portable: 8 scalar lanes (mul then add, no contraction).
 namespace base {
-struct V {
+struct V : detail::BaseF8 {
   static constexpr int W = 8;
-  struct F {
-    float v[8];
-  };
   struct I {
     uint32_t v[8];
   };
-  static EMPAS_INLINE float h2f(Half h) { return fp16_to_float(h.bits); }
-  static EMPAS_INLINE F zero() { return F{}; }
-  static EMPAS_INLINE F set1(float s) {
-    F r;
-    for (int l = 0; l < 8; ++l) r.v[l] = s;
-    return r;
-  }
-  static EMPAS_INLINE F loadx(const float* p) {
-    F r;
-    for (int l = 0; l < 8; ++l) r.v[l] = p[l];
-    return r;
-  }
-  static EMPAS_INLINE F add(const F& a, const F& b) {
-    F r;
-    for (int l = 0; l < 8; ++l) r.v[l] = a.v[l] + b.v[l];
-    return r;
-  }
   static EMPAS_INLINE F sub(const F& a, const F& b) {
     F r;
     for (int l = 0; l < 8; ++l) r.v[l] = a.v[l] - b.v[l];
@@ -160,9 +141,6 @@ struct V {
     for (int l = 0; l < 8; ++l) r.v[l] = bits_float(u.v[l] | kMagicBits) - zm.v[l];
     return r;
   }
-  static EMPAS_INLINE float hsum(const F& a) {
-    return ((a.v[0] + a.v[4]) + (a.v[2] + a.v[6])) + ((a.v[1] + a.v[5]) + (a.v[3] + a.v[7]));
-  }
 };
 
 #include "packed_matmul_rows.inc"
@@ -172,17 +150,9 @@ struct V {
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
 namespace avx2 {
-struct V {
+struct V : detail::Avx2F8 {
   static constexpr int W = 8;
-  using F = __m256;
   using I = __m256i;
-  /// F16C: exact, equal to fp16_to_float for every input (and one instruction).
-  static EMPAS_INLINE float h2f(Half h) { return _cvtsh_ss(h.bits); }
-  static EMPAS_INLINE F zero() { return _mm256_setzero_ps(); }
-  static EMPAS_INLINE F set1(float s) { return _mm256_set1_ps(s); }
-  static EMPAS_INLINE F loadx(const float* p) { return _mm256_loadu_ps(p); }
-  static EMPAS_INLINE F fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
-  static EMPAS_INLINE F add(F a, F b) { return _mm256_add_ps(a, b); }
   static EMPAS_INLINE F sub(F a, F b) { return _mm256_sub_ps(a, b); }
   template <int B>
   static EMPAS_INLINE I codes_fast(const uint8_t* p) {
@@ -217,11 +187,6 @@ struct V {
   static EMPAS_INLINE F to_w(I u, F zm) {
     return _mm256_sub_ps(
         _mm256_castsi256_ps(_mm256_or_si256(u, _mm256_set1_epi32(static_cast<int>(kMagicBits)))), zm);
-  }
-  static EMPAS_INLINE float hsum(F a) {
-    const __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));  // l + l+4
-    const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));  // (0+4)+(2+6), (1+5)+(3+7)
-    return _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)));
   }
 };
 
