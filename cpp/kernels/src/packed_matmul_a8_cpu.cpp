@@ -13,8 +13,9 @@
 // prepared once per call), then Y += G * s (one FMA per lane and group); the
 // zero point is the scalar correction s * z' * sum over the group's blocks of
 // dx * sum(q) (z' = z, or z - 128 for 8-bit). y = hsum(Y) - correction + bias.
-// The weight rows are prefetched kPrefetch bytes ahead of the reads (one
-// weight stream per thread, from DRAM: worth ~20% on SmolLM2's small layers).
+// The weight rows are prefetched kPrefetch bytes ahead of the reads: one weight
+// stream per thread, from DRAM, too short per call for the hardware prefetcher
+// to ramp up on small layers.
 //
 // Lane l of a chunk covers elements 8l..8l+7 (4-bit), 16l..16l+15 (2-bit), or
 // 4l..4l+3 and 32+4l..32+4l+3 (8-bit); the integer sums do not depend on their
