@@ -75,6 +75,7 @@ BITS = (2, 3, 4, 8)
 DENSE = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DENSE_BYTES = {k: torch.finfo(dt).bits // 8 for k, dt in DENSE.items()}
 GROUP = 128
+DEFAULT_JSON = str(Path(__file__).parent / "results" / "matmul.json")
 
 
 def interleaved(fns: dict, rounds: int, warmup: int = 1, budget_s: float = 60.0) -> dict:
@@ -550,6 +551,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="3 shapes, batch 1 and 4, fewer rounds")
     ap.add_argument("--decode", action="store_true", help="also end-to-end SmolLM2 decode tokens/s")
+    ap.add_argument(
+        "--decode-only",
+        action="store_true",
+        help="only the end-to-end decode section (~4 min); JSON default results/decode.json",
+    )
     ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds per case")
     ap.add_argument("--tokens", type=int, default=32, help="new tokens per decode run")
     ap.add_argument("--decode-runs", type=int, default=3)
@@ -566,7 +572,7 @@ def main() -> None:
         "benchmarks/bench_llama_cpp.sh builds (e.g. /tmp/llcpp/bench-bin/ggml_mul_mat_bench)",
     )
     ap.add_argument("--llama-cpp-budget", type=float, default=140.0, help="its seconds of rounds")
-    ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "matmul.json"))
+    ap.add_argument("--json", default=DEFAULT_JSON)
     a = ap.parse_args()
 
     rounds = a.rounds or (5 if a.quick else 9)
@@ -585,6 +591,18 @@ def main() -> None:
         "cpu_isa": info.get("cpu_isa"),
         "loadavg_start": os.getloadavg(),
     }
+    if a.decode_only:  # a repeatable run of the decode comparison alone
+        decode = decode_section(a.tokens, a.decode_runs, a.loss_tokens)
+        machine["loadavg_end"] = os.getloadavg()
+        out = Path(
+            a.json if a.json != DEFAULT_JSON else Path(DEFAULT_JSON).with_name("decode.json")
+        )
+        out.parent.mkdir(parents=True, exist_ok=True)
+        res = {"benchmark": "empas.bench_matmul.decode/1", "argv": sys.argv[1:],
+               "machine": machine, "decode": decode}  # fmt: skip
+        out.write_text(json.dumps(res, indent=1) + "\n")
+        print(f"wrote {out}")
+        return
     print(
         f"{machine['cpu']}, {machine['cores']} cores, {machine['torch_threads']} torch threads, "
         f"torch {machine['torch']}, kernels: {machine['cpu_isa']}, "
